@@ -1,0 +1,70 @@
+# fedge Makefile. `make test` is what CI runs (.ci/run); it installs what the
+# tests need when run as root on Debian (protoc, Mosquitto, clang/lld, wabt).
+
+GO        ?= go
+FUZZTIME  ?= 3s
+AGENT_TARGETS := linux/amd64 linux/arm64 linux/arm/7 linux/riscv64
+export FEDGE_REQUIRE_EXTERNAL ?= 1
+
+.PHONY: all build test check deps proto proto-check wasm wasm-check fmt-check vet tidy-check fuzz race agents bench clean
+
+all: build
+
+build:
+	$(GO) build ./...
+
+deps:
+	bash scripts/deps.sh
+
+## test: everything CI runs: deps, the freshness checks, vet, the race-enabled
+## test suites (slow and external-broker suites included) and short fuzz runs.
+test: deps check race fuzz
+
+race:
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+## check: fails when formatting, vet, go.mod, the generated protobuf code or
+## the built WASM models are not what the sources say.
+check: fmt-check vet tidy-check proto-check wasm-check
+
+fmt-check:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+tidy-check:
+	$(GO) mod tidy -diff
+
+proto:
+	protoc --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" --go_out=. \
+		--go_opt=module=github.com/fedge-dev/fedge -I proto proto/fedge/v1/*.proto
+
+proto-check:
+	bash scripts/proto-check.sh
+
+wasm:
+	bash wasm-models/build.sh
+
+wasm-check:
+	bash scripts/wasm-check.sh
+
+agents:
+	@mkdir -p bin
+	@for t in $(AGENT_TARGETS); do \
+		os=$${t%%/*}; rest=$${t#*/}; arch=$${rest%%/*}; arm=; \
+		case $$rest in arm/*) arm=$${rest#arm/};; esac; \
+		out=bin/edgeagent-$$os-$$arch$${arm:+v$$arm}; \
+		echo "building $$out"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags='-s -w' -o $$out ./cmd/edgeagent || exit 1; \
+	done; ls -l bin/
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchtime=1x ./... 2>&1 | tee bench.out
+
+clean:
+	rm -rf bin bench.out
