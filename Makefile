@@ -41,8 +41,7 @@ tidy-check:
 	$(GO) mod tidy -diff
 
 proto:
-	protoc --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" --go_out=. \
-		--go_opt=module=github.com/fedge-dev/fedge -I proto proto/fedge/v1/*.proto
+	bash scripts/proto-check.sh --write
 
 proto-check:
 	bash scripts/proto-check.sh
