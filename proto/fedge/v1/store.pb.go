@@ -645,6 +645,7 @@ type RoundRecord struct {
 	NewHash            []byte                 `protobuf:"bytes,19,opt,name=new_hash,json=newHash,proto3" json:"new_hash,omitempty"`
 	Reason             string                 `protobuf:"bytes,20,opt,name=reason,proto3" json:"reason,omitempty"`
 	ClosedUnixMs       int64                  `protobuf:"varint,21,opt,name=closed_unix_ms,json=closedUnixMs,proto3" json:"closed_unix_ms,omitempty"`
+	Participants       []string               `protobuf:"bytes,22,rep,name=participants,proto3" json:"participants,omitempty"` // devices whose updates were accepted (aggregated unless the round failed)
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -824,6 +825,13 @@ func (x *RoundRecord) GetClosedUnixMs() int64 {
 		return x.ClosedUnixMs
 	}
 	return 0
+}
+
+func (x *RoundRecord) GetParticipants() []string {
+	if x != nil {
+		return x.Participants
+	}
+	return nil
 }
 
 // UpdateRecord is an accepted update of a round still in flight: kept so the
@@ -1571,7 +1579,7 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
 	"\fsample_count\x18\x02 \x01(\x04R\vsampleCount\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12\x1a\n" +
-	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\"\xdd\x06\n" +
+	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\"\x81\a\n" +
 	"\vRoundRecord\x12\x19\n" +
 	"\bround_id\x18\x01 \x01(\x04R\aroundId\x12\x15\n" +
 	"\x06run_id\x18\x02 \x01(\x04R\x05runId\x12*\n" +
@@ -1598,7 +1606,8 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"newVersion\x12\x19\n" +
 	"\bnew_hash\x18\x13 \x01(\fR\anewHash\x12\x16\n" +
 	"\x06reason\x18\x14 \x01(\tR\x06reason\x12$\n" +
-	"\x0eclosed_unix_ms\x18\x15 \x01(\x03R\fclosedUnixMs\x1a=\n" +
+	"\x0eclosed_unix_ms\x18\x15 \x01(\x03R\fclosedUnixMs\x12\"\n" +
+	"\fparticipants\x18\x16 \x03(\tR\fparticipants\x1a=\n" +
 	"\x0fRejectionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xca\x02\n" +

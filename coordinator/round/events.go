@@ -1,0 +1,78 @@
+package round
+
+import (
+	"github.com/fedge-dev/fedge/coordinator/store"
+	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
+)
+
+// Event is an input of the machine. An event belongs to the machine once
+// passed to Step: the caller must not modify it (or the byte slices it
+// holds) afterwards, since records to persist may share them.
+type Event interface{ isEvent() }
+
+// Tick advances the machine's clock; deadlines are checked against it. A
+// tick earlier than the clock is ignored.
+type Tick struct{ NowUnixMs int64 }
+
+// StartRun starts a multi-round run. Base is the global model the first
+// round trains from; if its Version is 0 it is a new initial model and the
+// machine assigns it the next version and persists it.
+type StartRun struct {
+	RunID  uint64
+	Config *fedgepb.RunConfig
+	Base   *store.ModelVersion
+}
+
+// Stop ends the active run; its open round is aborted.
+type Stop struct{ Reason string }
+
+// DeviceOnline reports an enrolled, approved device present with these
+// capabilities.
+type DeviceOnline struct {
+	Device string
+	Caps   *fedgepb.Capabilities
+}
+
+// DeviceOffline reports a device gone (its last will).
+type DeviceOffline struct{ Device string }
+
+// UpdateReceived is an update whose envelope the driver has verified: the
+// signature is the enrolled key of Update.DeviceId and the sender is that
+// device. A delta sent as a blob is reassembled into Update.EncodedDelta.
+type UpdateReceived struct {
+	MessageID []byte
+	Update    *fedgepb.Update
+}
+
+// UpdateRefused is an update the driver refused before it reached the
+// machine (bad signature, unknown device, oversized, undecodable envelope);
+// the machine counts it and acknowledges it negatively. Device may be empty
+// (or not a valid id) when no device can be told; then nothing is acked.
+type UpdateRefused struct {
+	MessageID []byte
+	Device    string
+	RoundID   uint64
+	Reason    string
+}
+
+// EvalResultReceived is a verified federated evaluation result.
+type EvalResultReceived struct {
+	MessageID []byte
+	Result    *fedgepb.EvaluateResult
+}
+
+// EvalComputed is the server-side evaluation of the model a round produced.
+type EvalComputed struct {
+	RoundID        uint64
+	Loss, Accuracy float64
+}
+
+func (Tick) isEvent()               {}
+func (StartRun) isEvent()           {}
+func (Stop) isEvent()               {}
+func (DeviceOnline) isEvent()       {}
+func (DeviceOffline) isEvent()      {}
+func (UpdateReceived) isEvent()     {}
+func (UpdateRefused) isEvent()      {}
+func (EvalResultReceived) isEvent() {}
+func (EvalComputed) isEvent()       {}
