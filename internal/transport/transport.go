@@ -32,8 +32,10 @@ type PublishOptions struct {
 // until Unsubscribe or the transport's Close, after which C is closed.
 type Subscription interface {
 	C() <-chan Message
-	// Dropped counts messages that arrived while the queue was full. Over
-	// MQTT they are left unacknowledged so the broker redelivers them.
+	// Dropped counts messages that arrived while the queue was full. They
+	// are not lost: over MQTT they are left unacknowledged, so the broker
+	// sends them again when the session resumes (or at once after the
+	// client's Redeliver); in memory the session keeps them likewise.
 	Dropped() uint64
 	Unsubscribe(ctx context.Context) error
 }

@@ -1,0 +1,182 @@
+package mqtt_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/fedge-dev/fedge/internal/topics"
+	"github.com/fedge-dev/fedge/internal/transport"
+	"github.com/fedge-dev/fedge/internal/transport/mqtt"
+	"github.com/fedge-dev/fedge/internal/transport/transporttest"
+)
+
+var (
+	coordID = topics.Identity{Role: topics.RoleCoordinator, Fleet: fleet}
+	devA    = transporttest.Devices[0]
+	devAID  = topics.Identity{Role: topics.RoleDevice, ID: devA, Fleet: fleet}
+)
+
+func recv(t *testing.T, sub transport.Subscription) transport.Message {
+	t.Helper()
+	select {
+	case m, ok := <-sub.C():
+		if !ok {
+			t.Fatal("subscription closed")
+		}
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing received")
+	}
+	return transport.Message{}
+}
+
+// An incoming message over the client's limit is discarded, counted and
+// acknowledged (so the broker does not send it again); later messages flow.
+func TestOversizedIncomingDiscarded(t *testing.T) {
+	ctx := context.Background()
+	b := transporttest.StartEmbedded(t, transporttest.BrokerOptions{Fleet: fleet})
+	coord := transporttest.Dial(t, b, coordID, "coordinator-1", nil)
+	dev := transporttest.Dial(t, b, devAID, devA, func(c *mqtt.Config) { c.MaxPayload = 1000 })
+	sub, err := dev.Subscribe(ctx, topics.DeviceInAll(fleet, devA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := topics.DeviceIn(fleet, devA, topics.KindTask)
+	for _, p := range [][]byte{make([]byte, 1001), []byte("fits")} {
+		if err := coord.Publish(ctx, topic, p, transport.PublishOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := recv(t, sub); !bytes.Equal(m.Payload, []byte("fits")) {
+		t.Fatalf("got %d bytes, want the small message", len(m.Payload))
+	}
+	if st := dev.Stats(); st.TooLarge != 1 || st.Received != 1 {
+		t.Fatalf("stats %+v, want 1 too large and 1 received", st)
+	}
+}
+
+// After the network drops, the client reconnects by itself and messages
+// published meanwhile reach the renewed subscription.
+func TestDropConnectionReconnects(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) {
+		dropConnection(t, transporttest.StartEmbedded(t, transporttest.BrokerOptions{Fleet: fleet}))
+	})
+	t.Run("mosquitto", func(t *testing.T) {
+		dropConnection(t, transporttest.StartMosquitto(t, transporttest.BrokerOptions{Fleet: fleet}))
+	})
+}
+
+func dropConnection(t *testing.T, b transporttest.MQTTBroker) {
+	ctx := context.Background()
+	coord := transporttest.Dial(t, b, coordID, "coordinator-1", nil)
+	dev := transporttest.Dial(t, b, devAID, devA, nil)
+	sub, err := dev.Subscribe(ctx, topics.DeviceInAll(fleet, devA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.DropConnection()
+	topic := topics.DeviceIn(fleet, devA, topics.KindTask)
+	if err := coord.Publish(ctx, topic, []byte("during outage"), transport.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, sub); string(m.Payload) != "during outage" {
+		t.Fatalf("got %q", m.Payload)
+	}
+	t.Logf("device %+v", dev.Stats())
+	// The device can publish again too.
+	up, err := coord.Subscribe(ctx, topics.AllDevicesOut(fleet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Publish(ctx, topics.DeviceOut(fleet, devA, topics.KindStatus), []byte("back"), transport.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, up); string(m.Payload) != "back" {
+		t.Fatalf("got %q", m.Payload)
+	}
+	if st := dev.Stats(); st.Connects < 2 || st.Lost < 1 {
+		t.Fatalf("stats %+v, want a lost connection and a reconnect", st)
+	}
+}
+
+func TestDialAndUseErrors(t *testing.T) {
+	ctx := context.Background()
+	b := transporttest.StartEmbedded(t, transporttest.BrokerOptions{Fleet: fleet})
+	cfg := b.ClientConfig(devAID)
+	cfg.ClientID, cfg.Password, cfg.ConnectTimeout = devA, "wrong", 5*time.Second
+	if c, err := mqtt.Dial(ctx, cfg, zaptest.NewLogger(t)); err == nil {
+		_ = c.Close()
+		t.Fatal("dial with a wrong password succeeded")
+	}
+	cfg = b.ClientConfig(devAID)
+	cfg.ClientID, cfg.BrokerURL = devA, "ftp://127.0.0.1:1"
+	if _, err := mqtt.Dial(ctx, cfg, zaptest.NewLogger(t)); err == nil {
+		t.Fatal("dial with an unsupported scheme succeeded")
+	}
+
+	c := transporttest.Dial(t, b, devAID, devA, nil)
+	if _, err := c.Subscribe(ctx, "fedge/#/x"); !errors.Is(err, transport.ErrInvalidTopic) {
+		t.Errorf("subscribe to a bad filter: %v", err)
+	}
+	if err := c.Publish(ctx, "fedge/+", nil, transport.PublishOptions{}); !errors.Is(err, transport.ErrInvalidTopic) {
+		t.Errorf("publish to a filter: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, topics.DeviceOut(fleet, devA, topics.KindStatus), nil, transport.PublishOptions{}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("publish after close: %v", err)
+	}
+	if _, err := c.Subscribe(ctx, topics.DeviceInAll(fleet, devA)); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("subscribe after close: %v", err)
+	}
+}
+
+// Messages dropped on a full queue come back after Redeliver, on the same
+// client and subscription.
+func TestRedeliverAfterQueueFull(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) {
+		redeliver(t, transporttest.StartEmbedded(t, transporttest.BrokerOptions{Fleet: fleet}))
+	})
+	t.Run("mosquitto", func(t *testing.T) {
+		redeliver(t, transporttest.StartMosquitto(t, transporttest.BrokerOptions{Fleet: fleet}))
+	})
+}
+
+func redeliver(t *testing.T, b transporttest.MQTTBroker) {
+	ctx := context.Background()
+	coord := transporttest.Dial(t, b, coordID, "coordinator-1", nil)
+	dev := transporttest.Dial(t, b, devAID, devA, func(c *mqtt.Config) { c.QueueSize = 1 })
+	sub, err := dev.Subscribe(ctx, topics.DeviceInAll(fleet, devA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := topics.DeviceIn(fleet, devA, topics.KindTask)
+	for _, p := range []string{"m0", "m1", "m2"} {
+		if err := coord.Publish(ctx, topic, []byte(p), transport.PublishOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for sub.Dropped() < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := map[string]bool{string(recv(t, sub).Payload): true}
+	if sub.Dropped() != 2 || dev.Stats().QueueFull != 2 {
+		t.Fatalf("dropped %d, stats %+v; want 2 dropped", sub.Dropped(), dev.Stats())
+	}
+	if err := dev.Redeliver(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for len(got) < 3 {
+		got[string(recv(t, sub).Payload)] = true
+	}
+	if !got["m0"] || !got["m1"] || !got["m2"] {
+		t.Fatalf("got %v", got)
+	}
+}
