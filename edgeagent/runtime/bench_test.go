@@ -1,0 +1,125 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	goruntime "runtime"
+	"testing"
+	"time"
+
+	"github.com/fedge-dev/fedge/edgeagent/native"
+)
+
+// BenchmarkTrainStep measures one SGD step of the mlp and logreg models in
+// WASM and in native Go on gonum (single-threaded, GOMAXPROCS=1) in the same
+// run, reporting samples/s; the wasm sub-benchmarks also report their ratio
+// to the native baseline measured just before (x-native). The cnn has no
+// native twin and reports samples/s only.
+func BenchmarkTrainStep(b *testing.B) {
+	ctx := context.Background()
+	h := newHost(b, Config{})
+	ds := synthetic(b, 640, 784, 10, 1)
+	nativeRate := map[string]float64{} // by model/batch
+	for _, model := range []string{"mlp", "logreg", "cnn"} {
+		for _, engine := range []string{"native", "wasm"} {
+			if engine == "native" && model == "cnn" {
+				continue
+			}
+			for _, batch := range []int{10, 64} {
+				name := fmt.Sprintf("model=%s/engine=%s/batch=%d", model, engine, batch)
+				b.Run(name, func(b *testing.B) {
+					idx := make([]int, batch)
+					for i := range idx {
+						idx[i] = i
+					}
+					var step func()
+					if engine == "wasm" {
+						in := instance(b, h, model, Options{MaxBatch: 64})
+						if err := in.Init(ctx, 1); err != nil {
+							b.Fatal(err)
+						}
+						step = func() {
+							if _, err := in.TrainBatch(ctx, ds, idx, 0.01, 0); err != nil {
+								b.Fatal(err)
+							}
+						}
+					} else {
+						sizes := []int{784, 200, 200, 10}
+						if model == "logreg" {
+							sizes = []int{784, 10}
+						}
+						m := native.NewMLP(sizes...)
+						initNative(m, 1)
+						x := ds.X[:batch*784]
+						y := ds.Y[:batch]
+						prev := goruntime.GOMAXPROCS(1)
+						defer goruntime.GOMAXPROCS(prev)
+						step = func() { m.TrainStep(x, y, batch, 0.01, 0, nil) }
+					}
+					step()
+					b.ResetTimer()
+					for b.Loop() {
+						step()
+					}
+					rate := float64(b.N*batch) / b.Elapsed().Seconds()
+					b.ReportMetric(rate, "samples/s")
+					key := fmt.Sprintf("%s/%d", model, batch)
+					if engine == "native" {
+						nativeRate[key] = rate
+					} else if nr := nativeRate[key]; nr > 0 {
+						b.ReportMetric(rate/nr, "x-native")
+					}
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkTrainStepRatio alternates one wasm and one native mlp step per
+// iteration, so both see the same machine load, and reports each rate and
+// their ratio (wasm/native); on a shared machine this ratio is steadier
+// than comparing two sub-benchmarks of BenchmarkTrainStep run one after
+// the other.
+func BenchmarkTrainStepRatio(b *testing.B) {
+	ctx := context.Background()
+	h := newHost(b, Config{})
+	ds := synthetic(b, 640, 784, 10, 1)
+	for _, batch := range []int{10, 64} {
+		b.Run(fmt.Sprintf("model=mlp/batch=%d", batch), func(b *testing.B) {
+			idx := make([]int, batch)
+			for i := range idx {
+				idx[i] = i
+			}
+			in := instance(b, h, "mlp", Options{MaxBatch: 64})
+			if err := in.Init(ctx, 1); err != nil {
+				b.Fatal(err)
+			}
+			w, err := in.Params(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m := native.NewMLP(784, 200, 200, 10)
+			if err := m.SetParams(w); err != nil {
+				b.Fatal(err)
+			}
+			x, y := ds.X[:batch*784], ds.Y[:batch]
+			prev := goruntime.GOMAXPROCS(1)
+			defer goruntime.GOMAXPROCS(prev)
+			var tw, tn time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				if _, err := in.TrainBatch(ctx, ds, idx, 0.01, 0); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				m.TrainStep(x, y, batch, 0.01, 0, nil)
+				tw += t1.Sub(t0)
+				tn += time.Since(t1)
+			}
+			n := float64(b.N * batch)
+			b.ReportMetric(n/tw.Seconds(), "wasm-samples/s")
+			b.ReportMetric(n/tn.Seconds(), "native-samples/s")
+			b.ReportMetric(tn.Seconds()/tw.Seconds(), "wasm/native")
+		})
+	}
+}
