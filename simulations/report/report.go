@@ -24,6 +24,7 @@ type Round struct {
 	Selected       int     `json:"selected"`
 	Participants   int     `json:"participants"`
 	Dropped        int     `json:"dropped"`
+	Late           int     `json:"late"` // updates after the deadline: recorded, not aggregated
 	Rejected       int     `json:"rejected"`
 	BytesUp        int64   `json:"bytes_up"`
 	BytesDown      int64   `json:"bytes_down"`
@@ -49,7 +50,12 @@ type Summary struct {
 	TotalBytesDown         int64    `json:"total_bytes_down"`
 	TotalParticipants      int      `json:"total_participants"`
 	TotalDropped           int      `json:"total_dropped"`
+	TotalLate              int      `json:"total_late"`
 	TotalRejected          int      `json:"total_rejected"`
+	// Baseline, when set, is the summary of the same scenario run with
+	// another strategy (fleetsim runs attacker scenarios again with plain
+	// FedAvg to show what the robust strategy defends against).
+	Baseline *Summary `json:"baseline,omitempty"`
 }
 
 // Writer appends rounds to DIR/metrics.jsonl as they finish and writes the
@@ -113,6 +119,7 @@ func (w *Writer) Summarize(base Summary) Summary {
 		s.TotalBytesDown += r.BytesDown
 		s.TotalParticipants += r.Participants
 		s.TotalDropped += r.Dropped
+		s.TotalLate += r.Late
 		s.TotalRejected += r.Rejected
 		s.BestAccuracy = math.Max(s.BestAccuracy, r.Accuracy)
 		if s.RoundsToTarget == nil && w.target > 0 && r.Accuracy >= w.target {
