@@ -226,14 +226,23 @@ func (b *Broker) Start() error {
 		return err
 	}
 	onErr := func(err error) { b.countConnErr(err) }
+	// Disconnect a listener's clients from one snapshot of the client map
+	// (GetAll takes the lock once); see listener.closeClients.
+	closeClients := func(id string) {
+		for _, cl := range srv.Clients.GetAll() {
+			if cl.Net.Listener == id && !cl.Closed() {
+				_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
+		}
+	}
 	if b.cfg.TCPAddr != "" {
-		b.tcp = &listener{id: "tcp", addr: b.cfg.TCPAddr, connectTimeout: b.cfg.ConnectTimeout, log: b.log, onErr: onErr}
+		b.tcp = &listener{id: "tcp", addr: b.cfg.TCPAddr, connectTimeout: b.cfg.ConnectTimeout, log: b.log, onErr: onErr, closeClients: closeClients}
 		if err := srv.AddListener(b.tcp); err != nil {
 			return fail(fmt.Errorf("listen tcp %s: %w", b.cfg.TCPAddr, err))
 		}
 	}
 	if b.cfg.TLSAddr != "" {
-		b.tlsL = &listener{id: "tls", addr: b.cfg.TLSAddr, tls: b.cfg.TLS, connectTimeout: b.cfg.ConnectTimeout, log: b.log, onErr: onErr}
+		b.tlsL = &listener{id: "tls", addr: b.cfg.TLSAddr, tls: b.cfg.TLS, connectTimeout: b.cfg.ConnectTimeout, log: b.log, onErr: onErr, closeClients: closeClients}
 		if err := srv.AddListener(b.tlsL); err != nil {
 			return fail(fmt.Errorf("listen tls %s: %w", b.cfg.TLSAddr, err))
 		}

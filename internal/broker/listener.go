@@ -25,6 +25,10 @@ type listener struct {
 	connectTimeout time.Duration
 	log            *zap.Logger
 	onErr          func(error) // called with the error that ended a connection
+	// closeClients disconnects the mochi clients of this listener. Set by
+	// the broker; mochi's own CloseFn (Clients.GetByListener) takes the
+	// clients' read lock twice and deadlocks against a concurrent Delete.
+	closeClients func(listenerID string)
 
 	ln     net.Listener
 	wg     sync.WaitGroup // accept loop and connection goroutines
@@ -161,7 +165,11 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
-	closeClients(l.id)
+	if l.closeClients != nil {
+		l.closeClients(l.id)
+	} else {
+		closeClients(l.id)
+	}
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
