@@ -355,6 +355,22 @@ func (b *Broker) connDone(c net.Conn) (<-chan struct{}, bool) {
 	return nil, false
 }
 
+// Queued is the number of QoS 1 and 2 messages held for the session of
+// clientID (sent and unacknowledged, or waiting while it is offline).
+func (b *Broker) Queued(clientID string) int {
+	b.mu.Lock()
+	srv := b.srv
+	b.mu.Unlock()
+	if srv == nil {
+		return 0
+	}
+	cl, ok := srv.Clients.Get(clientID)
+	if !ok {
+		return 0
+	}
+	return cl.State.Inflight.Len()
+}
+
 // Stats returns a snapshot of the counters.
 func (b *Broker) Stats() Stats {
 	s := Stats{
