@@ -23,6 +23,11 @@ type pahoConn struct {
 
 	mu  sync.Mutex
 	raw net.Conn // the network connection, for abrupt disconnects
+
+	// early receives messages that match no subscription of this client:
+	// a resumed session's queued messages arrive right after CONNACK,
+	// before the test has subscribed again.
+	early chan transport.Message
 }
 
 type dialOpts struct {
@@ -33,7 +38,7 @@ type dialOpts struct {
 }
 
 func dialPaho(o dialOpts) (*pahoConn, error) {
-	p := &pahoConn{}
+	p := &pahoConn{early: make(chan transport.Message, 256)}
 	if o.clientID == "" {
 		o.clientID = o.user
 	}
@@ -41,6 +46,12 @@ func dialPaho(o dialOpts) (*pahoConn, error) {
 		SetUsername(o.user).SetPassword(o.password).SetTLSConfig(o.tls).
 		SetCleanSession(o.clean).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(5 * time.Second).SetOrderMatters(true).SetKeepAlive(30 * time.Second)
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case p.early <- transport.Message{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained()}:
+		default:
+		}
+	})
 	if o.will != nil {
 		opts.SetBinaryWill(o.will.Topic, o.will.Payload, 1, o.will.Retain)
 	}

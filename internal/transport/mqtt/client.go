@@ -129,6 +129,13 @@ type Client struct {
 	conn   *dropConn // current network connection, for Kill and DropConnection
 	killed bool      // refuse to dial again
 
+	// stopping is set by Close and Kill before they wait for handlers: an
+	// onConnect still resubscribing ends early and none starts after it.
+	stopping bool
+	stopCtx  context.Context
+	stop     context.CancelFunc
+	handlers sync.WaitGroup // running onConnect calls
+
 	connects, lost, received, queueFull, tooLarge, heldN atomic.Uint64
 }
 
@@ -145,6 +152,7 @@ func Dial(ctx context.Context, cfg Config, log *zap.Logger) (*Client, error) {
 		return nil, fmt.Errorf("mqtt: broker url %q: %w", cfg.BrokerURL, err)
 	}
 	c := &Client{cfg: cfg, log: log.With(zap.String("client", cfg.ClientID))}
+	c.stopCtx, c.stop = context.WithCancel(context.Background())
 	opts := paho.NewClientOptions().
 		AddBroker(u.String()).
 		SetClientID(cfg.ClientID).
@@ -251,6 +259,12 @@ func (d *dropConn) drop() {
 func (c *Client) onConnect(pc paho.Client) {
 	n := c.connects.Add(1)
 	c.mu.Lock()
+	if c.stopping {
+		c.mu.Unlock()
+		return
+	}
+	c.handlers.Add(1) // under c.mu, so never after stopWaiting's Wait began
+	defer c.handlers.Done()
 	filters := make(map[string]struct{}, len(c.subs))
 	for _, s := range c.subs {
 		filters[s.filter] = struct{}{}
@@ -261,9 +275,12 @@ func (c *Client) onConnect(pc paho.Client) {
 		return
 	}
 	for f := range filters {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(c.stopCtx, c.cfg.ConnectTimeout)
 		err := c.subscribe(ctx, f)
 		cancel()
+		if err != nil && c.stopCtx.Err() != nil {
+			return // closing
+		}
 		if err != nil {
 			// The connection dropped again; the next onConnect retries.
 			c.log.Warn("resubscribe failed", zap.String("filter", f), zap.Error(err))
@@ -311,9 +328,20 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.mu.Unlock()
+	c.stopWaiting()
 	c.pc.Disconnect(250)
 	c.shutdown()
 	return nil
+}
+
+// stopWaiting stops onConnect handlers from starting, cancels a running
+// resubscription and waits for it, so that nothing runs after Close.
+func (c *Client) stopWaiting() {
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	c.stop()
+	c.handlers.Wait()
 }
 
 // Kill simulates an abrupt network loss: the socket is closed without a
@@ -327,6 +355,7 @@ func (c *Client) Kill() {
 	if conn != nil {
 		conn.drop()
 	}
+	c.stopWaiting()
 	c.pc.Disconnect(0)
 	c.shutdown()
 }
