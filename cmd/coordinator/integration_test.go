@@ -123,29 +123,40 @@ func TestTenAgentsMNISTMosquitto(t *testing.T) {
 		})
 }
 
-func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, res *admin.AddDeviceResult) []string) {
-	start := time.Now()
-	bins := t.TempDir()
-	coord := goBuild(t, bins, "./cmd/coordinator")
-	agentBin := goBuild(t, bins, "./cmd/edgeagent")
-	t.Logf("built binaries in %v", time.Since(start).Round(time.Millisecond))
-	mnist := mnistDir(t)
-	dir := t.TempDir()
-	data := filepath.Join(dir, "coordinator")
-	adminAddr := freeAddr(t)
-	startProc(t, filepath.Join(dir, "coordinator.log"), coord, append([]string{"serve", "--data", data, "--fleet", "itest",
-		"--admin", adminAddr, "--test-data", mnist, "--log-format", "console", "--tick", "200ms"}, brokerArgs...)...)
-	adminFlags := []string{"--admin", adminAddr, "--data", data}
+// testFleet is a coordinator daemon and edge agents started as separate
+// processes from freshly built binaries.
+type testFleet struct {
+	coord, agentBin string
+	mnist, dir      string
+	data            string
+	adminFlags      []string
+	c               *admin.Client
+	key             string
+	start           time.Time
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	var c *admin.Client
+// startFleet builds the binaries and starts `coordinator serve` with the
+// given broker flags, waiting until its admin API answers.
+func startFleet(t *testing.T, ctx context.Context, brokerArgs []string) *testFleet {
+	t.Helper()
+	f := &testFleet{start: time.Now()}
+	bins := t.TempDir()
+	f.coord = goBuild(t, bins, "./cmd/coordinator")
+	f.agentBin = goBuild(t, bins, "./cmd/edgeagent")
+	t.Logf("built binaries in %v", time.Since(f.start).Round(time.Millisecond))
+	f.mnist = mnistDir(t)
+	f.dir = t.TempDir()
+	f.data = filepath.Join(f.dir, "coordinator")
+	adminAddr := freeAddr(t)
+	startProc(t, filepath.Join(f.dir, "coordinator.log"), f.coord, append([]string{"serve", "--data", f.data, "--fleet", "itest",
+		"--admin", adminAddr, "--test-data", f.mnist, "--log-format", "console", "--tick", "200ms"}, brokerArgs...)...)
+	f.adminFlags = []string{"--admin", adminAddr, "--data", f.data}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+		tok, err := os.ReadFile(filepath.Join(f.data, "admin.token"))
 		if err == nil {
-			c = &admin.Client{BaseURL: "http://" + adminAddr, Token: strings.TrimSpace(string(tok))}
-			if _, err = c.Status(ctx); err == nil {
+			f.c = &admin.Client{BaseURL: "http://" + adminAddr, Token: strings.TrimSpace(string(tok))}
+			if _, err = f.c.Status(ctx); err == nil {
 				break
 			}
 		}
@@ -154,26 +165,38 @@ func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, re
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	key := strings.TrimSpace(cli(t, coord, "key", "--data", data))
+	f.key = strings.TrimSpace(cli(t, f.coord, "key", "--data", f.data))
+	return f
+}
 
-	for i := range agents {
+// cli runs a coordinator admin subcommand against the fleet's daemon.
+func (f *testFleet) cli(t *testing.T, args ...string) string {
+	t.Helper()
+	return cli(t, f.coord, append(args, f.adminFlags...)...)
+}
+
+// addAgents enrolls n agents, each training on its 1/n of MNIST, and waits
+// until all are online.
+func (f *testFleet) addAgents(t *testing.T, ctx context.Context, n int, agentBroker func(id string, res *admin.AddDeviceResult) []string) {
+	t.Helper()
+	for i := range n {
 		id := fmt.Sprintf("dev-%d", i)
-		res, err := c.AddDevice(ctx, id)
+		res, err := f.c.AddDevice(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		args := append([]string{"run", "--fleet", "itest", "--device-id", id,
-			"--enrollment-token", res.Token, "--coordinator-key", key,
-			"--data", fmt.Sprintf("mnist:%s?part=%d/%d", mnist, i, agents),
-			"--storage", filepath.Join(dir, id), "--predict-listen", "off", "--log-format", "console"}, agentBroker(id, res)...)
-		startProc(t, filepath.Join(dir, id+".log"), agentBin, args...)
+			"--enrollment-token", res.Token, "--coordinator-key", f.key,
+			"--data", fmt.Sprintf("mnist:%s?part=%d/%d", f.mnist, i, n),
+			"--storage", filepath.Join(f.dir, id), "--predict-listen", "off", "--log-format", "console"}, agentBroker(id, res)...)
+		startProc(t, filepath.Join(f.dir, id+".log"), f.agentBin, args...)
 	}
 	for {
-		st, err := c.Status(ctx)
+		st, err := f.c.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.DevicesOnline == agents {
+		if st.DevicesOnline == n {
 			break
 		}
 		if ctx.Err() != nil {
@@ -181,24 +204,42 @@ func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, re
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Logf("%d agents enrolled and online after %v", agents, time.Since(start).Round(time.Millisecond))
-	runStart := time.Now()
-	out := cli(t, coord, append([]string{"round", "start", "--model", "mlp", "--rounds", "5", "--min-clients", "10",
-		"--server-eval", "--lr", "0.1", "--deadline", "3m"}, adminFlags...)...)
-	if !strings.Contains(out, "run 1 started") {
-		t.Fatalf("round start: %s", out)
-	}
-	watch := cli(t, coord, append([]string{"round", "watch", "--interval", "250ms"}, adminFlags...)...)
-	if !strings.Contains(watch, "run 1 done") {
-		t.Fatalf("round watch:\n%s", watch)
-	}
-	raw := cli(t, coord, append([]string{"round", "status", "--json"}, adminFlags...)...)
+	t.Logf("%d agents enrolled and online after %v", n, time.Since(f.start).Round(time.Millisecond))
+}
+
+// status reads `round status --json`.
+func (f *testFleet) status(t *testing.T) admin.StatusDoc {
+	t.Helper()
+	raw := f.cli(t, "round", "status", "--json")
 	var st admin.StatusDoc
 	if err := json.Unmarshal([]byte(raw), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, raw)
 	}
-	if st.Schema != admin.StatusSchema || st.Run == nil || st.Run.State != "done" || len(st.History) != 5 {
-		t.Fatalf("status %s", raw)
+	if st.Schema != admin.StatusSchema {
+		t.Fatalf("status schema %q, want %q", st.Schema, admin.StatusSchema)
+	}
+	return st
+}
+
+func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, res *admin.AddDeviceResult) []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	f := startFleet(t, ctx, brokerArgs)
+	f.addAgents(t, ctx, agents, agentBroker)
+	start := f.start
+	runStart := time.Now()
+	out := f.cli(t, "round", "start", "--model", "mlp", "--rounds", "5", "--min-clients", "10",
+		"--server-eval", "--lr", "0.1", "--deadline", "3m")
+	if !strings.Contains(out, "run 1 started") {
+		t.Fatalf("round start: %s", out)
+	}
+	watch := f.cli(t, "round", "watch", "--interval", "250ms")
+	if !strings.Contains(watch, "run 1 done") {
+		t.Fatalf("round watch:\n%s", watch)
+	}
+	st := f.status(t)
+	if st.Run == nil || st.Run.State != "done" || len(st.History) != 5 {
+		t.Fatalf("status %+v", st)
 	}
 	prev := 0.0
 	for _, h := range st.History {
