@@ -211,7 +211,7 @@ func runAgent(parent context.Context, args []string, stderr io.Writer) error {
 	// buffers back to the OS now rather than when the scavenger gets to it.
 	debug.FreeOSMemory()
 	host, err := runtime.NewHost(ctx, runtime.Config{MaxMemoryPages: c.Limits.MaxMemoryPages,
-		CallTimeout: c.Limits.CallTimeout, Logger: log.Named("runtime")})
+		CallTimeout: c.Limits.CallTimeout, GrantWASI: !c.Limits.DenyWASI, Logger: log.Named("runtime")})
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,11 @@ type Limits struct {
 	CallTimeout time.Duration `yaml:"call_timeout"`
 	// MaxTrainTime bounds one task's training or evaluation (default 30m).
 	MaxTrainTime time.Duration `yaml:"max_train_time"`
+	// DenyWASI refuses models that import wasi_snapshot_preview1 (models
+	// built with Go's wasip1 port need it). By default such models get a
+	// WASI with no files, environment, arguments, real clock or entropy
+	// (runtime.Config.GrantWASI), the same the coordinator checks them with.
+	DenyWASI bool `yaml:"deny_wasi"`
 }
 
 // Log configures logging.
