@@ -1,6 +1,7 @@
 // Package broker is fedge's embedded MQTT broker: mochi-mqtt with TCP and
-// TLS (optionally mTLS) listeners, per-device credentials of which only
-// salted hashes are kept, and the default-deny topic policy of
+// TLS (optionally mTLS) listeners and an in-process one (DialPipe, for
+// simulated fleets), per-device credentials of which only salted hashes
+// are kept, and the default-deny topic policy of
 // topics.Allowed enforced on every publish, subscribe, delivery and last
 // will. Denied publishes and publishes over the payload limit are
 // acknowledged and dropped (as Mosquitto does), counted in Stats and logged
@@ -12,6 +13,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -65,6 +67,11 @@ type Config struct {
 	TCPAddr string
 	// TLSAddr is the TLS listen address; "" means no TLS listener.
 	TLSAddr string
+	// Pipe adds the in-process listener: clients in this process connect
+	// with DialPipe over in-memory connections that need no socket or file
+	// descriptor (a fleet simulator's thousands of devices). It has the
+	// same authentication and topic policy as the other listeners.
+	Pipe bool
 	// TLS is the server config of the TLS listener. Set ClientAuth to
 	// tls.RequireAndVerifyClientCert (and ClientCAs) for mTLS; a verified
 	// client certificate's common name then identifies the client.
@@ -94,8 +101,8 @@ func (c *Config) fill() error {
 	if err := topics.ValidateID(c.Fleet); err != nil {
 		return fmt.Errorf("%w: fleet: %w", ErrConfig, err)
 	}
-	if c.TCPAddr == "" && c.TLSAddr == "" {
-		return fmt.Errorf("%w: no listener (set TCPAddr and/or TLSAddr)", ErrConfig)
+	if c.TCPAddr == "" && c.TLSAddr == "" && !c.Pipe {
+		return fmt.Errorf("%w: no listener (set TCPAddr, TLSAddr and/or Pipe)", ErrConfig)
 	}
 	if c.TLSAddr != "" && (c.TLS == nil || (len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil)) {
 		return fmt.Errorf("%w: TLSAddr %q needs TLS with a server certificate", ErrConfig, c.TLSAddr)
@@ -148,6 +155,7 @@ type Broker struct {
 	srv     *mqtt.Server
 	tcp     *listener
 	tlsL    *listener
+	pipeL   *listener
 	started bool
 	closed  bool
 }
@@ -222,7 +230,7 @@ func (b *Broker) Start() error {
 	// A failed Start leaves nothing bound, so the caller may retry it.
 	fail := func(err error) error {
 		_ = srv.Close()
-		b.tcp, b.tlsL = nil, nil
+		b.tcp, b.tlsL, b.pipeL = nil, nil, nil
 		return err
 	}
 	onErr := func(err error) { b.countConnErr(err) }
@@ -245,6 +253,12 @@ func (b *Broker) Start() error {
 		b.tlsL = &listener{id: "tls", addr: b.cfg.TLSAddr, tls: b.cfg.TLS, connectTimeout: b.cfg.ConnectTimeout, log: b.log, onErr: onErr, closeClients: closeClients}
 		if err := srv.AddListener(b.tlsL); err != nil {
 			return fail(fmt.Errorf("listen tls %s: %w", b.cfg.TLSAddr, err))
+		}
+	}
+	if b.cfg.Pipe {
+		b.pipeL = &listener{id: "pipe", pipe: newPipeListener(), connectTimeout: b.cfg.ConnectTimeout, log: b.log, onErr: onErr, closeClients: closeClients}
+		if err := srv.AddListener(b.pipeL); err != nil {
+			return fail(fmt.Errorf("in-process listener: %w", err))
 		}
 	}
 	if err := srv.Serve(); err != nil {
@@ -271,6 +285,25 @@ func (b *Broker) tcpAddrLocked() string {
 		return b.tcp.Address()
 	}
 	return b.cfg.TCPAddr
+}
+
+// DialPipe connects to the in-process listener (Config.Pipe) and returns
+// the client's end of the connection, on which the client speaks MQTT as
+// over TCP. It fails with ErrPipeClosed when the broker has no in-process
+// listener, is not started or is closed.
+func (b *Broker) DialPipe(ctx context.Context) (net.Conn, error) {
+	b.mu.Lock()
+	l := b.pipeL
+	ok := b.started && !b.closed
+	b.mu.Unlock()
+	if l == nil || !ok {
+		return nil, fmt.Errorf("broker: dial: %w", ErrPipeClosed)
+	}
+	c, err := l.pipe.dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("broker: dial: %w", err)
+	}
+	return c, nil
 }
 
 // TLSAddr is the bound TLS address, or "" without a TLS listener.
@@ -344,7 +377,7 @@ func (b *Broker) connDone(c net.Conn) (<-chan struct{}, bool) {
 	if pc, ok := c.(*peekedConn); ok {
 		c = pc.Conn
 	}
-	for _, l := range []*listener{b.tcp, b.tlsL} {
+	for _, l := range []*listener{b.tcp, b.tlsL, b.pipeL} {
 		if l == nil {
 			continue
 		}

@@ -22,6 +22,7 @@ type listener struct {
 	id             string
 	addr           string
 	tls            *tls.Config
+	pipe           *pipeListener // in-process listener (Config.Pipe) instead of TCP
 	connectTimeout time.Duration
 	log            *zap.Logger
 	onErr          func(error) // called with the error that ended a connection
@@ -42,6 +43,9 @@ var _ listeners.Listener = (*listener)(nil)
 func (l *listener) ID() string { return l.id }
 
 func (l *listener) Protocol() string {
+	if l.pipe != nil {
+		return "pipe"
+	}
 	if l.tls != nil {
 		return "tls"
 	}
@@ -57,6 +61,11 @@ func (l *listener) Address() string {
 
 // Init binds the address.
 func (l *listener) Init(*slog.Logger) error {
+	if l.pipe != nil {
+		l.ln = l.pipe
+		l.conns = map[net.Conn]chan struct{}{}
+		return nil
+	}
 	ln, err := net.Listen("tcp", l.addr)
 	if err != nil {
 		return err

@@ -66,6 +66,12 @@ type Config struct {
 	Password string
 	// TLS is used for tls:// URLs (nil: system roots).
 	TLS *tls.Config
+	// Dial, if set, opens every network connection instead of dialling
+	// BrokerURL's host (whose scheme and TLS are then ignored; the URL
+	// still names the broker in errors): e.g. broker.Broker.DialPipe, the
+	// embedded broker's in-process listener. The context is cancelled by
+	// Close and after ConnectTimeout.
+	Dial func(ctx context.Context) (net.Conn, error)
 	// Will is published by the broker when the connection is lost without
 	// a clean Close.
 	Will *transport.Will
@@ -190,8 +196,8 @@ func Dial(ctx context.Context, cfg Config, log *zap.Logger) (*Client, error) {
 	return c, nil
 }
 
-// dial opens the network connection (TCP or TLS) and remembers it so that
-// Kill and DropConnection can cut it.
+// dial opens the network connection (TCP, TLS or Config.Dial) and
+// remembers it so that Kill and DropConnection can cut it.
 func (c *Client) dial(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	c.mu.Lock()
 	killed := c.killed
@@ -202,10 +208,17 @@ func (c *Client) dial(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	d := &net.Dialer{Timeout: o.ConnectTimeout}
 	var conn net.Conn
 	var err error
-	switch u.Scheme {
-	case "tcp", "mqtt":
+	switch {
+	case c.cfg.Dial != nil:
+		ctx, cancel := context.WithTimeout(c.stopCtx, c.cfg.ConnectTimeout)
+		conn, err = c.cfg.Dial(ctx)
+		cancel()
+		if err == nil && conn == nil {
+			err = errors.New("dial returned no connection")
+		}
+	case u.Scheme == "tcp" || u.Scheme == "mqtt":
 		conn, err = d.Dial("tcp", u.Host)
-	case "tls", "ssl", "mqtts", "tcps":
+	case u.Scheme == "tls" || u.Scheme == "ssl" || u.Scheme == "mqtts" || u.Scheme == "tcps":
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if c.cfg.TLS != nil {
 			cfg = c.cfg.TLS.Clone()

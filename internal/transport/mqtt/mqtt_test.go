@@ -27,3 +27,8 @@ func TestConformanceMosquittoTLS(t *testing.T) {
 	h.SubscribeDenialSilent = true // Mosquitto 2.0 grants, then filters deliveries
 	transporttest.Run(t, h)
 }
+
+func TestConformanceEmbeddedPipe(t *testing.T) {
+	b := transporttest.StartEmbedded(t, transporttest.BrokerOptions{Fleet: fleet, Pipe: true, MaxPayload: maxPayload + 64<<10})
+	transporttest.Run(t, transporttest.MQTTHarness(b, fleet, maxPayload))
+}

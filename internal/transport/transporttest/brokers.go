@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,9 @@ type BrokerOptions struct {
 	TLS     bool
 	// MaxPayload is the broker's payload limit (0: the broker default).
 	MaxPayload int
+	// Pipe makes clients of the embedded broker connect through its
+	// in-process listener (broker.Broker.DialPipe) instead of TCP.
+	Pipe bool
 }
 
 func (o BrokerOptions) devices() []string {
@@ -59,6 +63,7 @@ func userOf(id topics.Identity) string {
 // sessions, retained and in-flight messages are lost.
 type Embedded struct {
 	t        testing.TB
+	pipe     bool
 	cfg      broker.Config
 	password map[string]string
 	tls      *tls.Config
@@ -71,7 +76,7 @@ type Embedded struct {
 // closed when the test ends.
 func StartEmbedded(t testing.TB, opts BrokerOptions) *Embedded {
 	t.Helper()
-	e := &Embedded{t: t, password: map[string]string{}}
+	e := &Embedded{t: t, pipe: opts.Pipe, password: map[string]string{}}
 	creds := broker.NewCredentials()
 	add := func(user string, id topics.Identity) {
 		secret, password, err := broker.GenerateSecret()
@@ -88,6 +93,9 @@ func StartEmbedded(t testing.TB, opts BrokerOptions) *Embedded {
 		add(d, topics.Identity{Role: topics.RoleDevice, ID: d, Fleet: opts.Fleet})
 	}
 	e.cfg = broker.Config{Fleet: opts.Fleet, Credentials: creds, MaxPayload: opts.MaxPayload, TCPAddr: "127.0.0.1:0"}
+	if opts.Pipe {
+		e.cfg.TCPAddr, e.cfg.Pipe = "", true
+	}
 	if opts.TLS {
 		pki, err := tlsutil.WritePKI(t.TempDir(), nil)
 		if err != nil {
@@ -104,9 +112,11 @@ func StartEmbedded(t testing.TB, opts BrokerOptions) *Embedded {
 	}
 	e.start(t)
 	// Restarts reuse the port picked now.
-	if opts.TLS {
+	switch {
+	case opts.Pipe:
+	case opts.TLS:
 		e.cfg.TLSAddr = e.b.TLSAddr()
-	} else {
+	default:
 		e.cfg.TCPAddr = e.b.TCPAddr()
 	}
 	t.Cleanup(func() {
@@ -160,6 +170,11 @@ func (e *Embedded) ClientConfig(id topics.Identity) mqtt.Config {
 	}
 	if e.tls != nil {
 		cfg.BrokerURL, cfg.TLS = "tls://"+e.cfg.TLSAddr, e.tls.Clone()
+	}
+	if e.pipe {
+		// Dial whichever broker runs now: Restart replaces it.
+		cfg.BrokerURL = "pipe://embedded"
+		cfg.Dial = func(ctx context.Context) (net.Conn, error) { return e.Broker().DialPipe(ctx) }
 	}
 	return cfg
 }
