@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -17,6 +20,21 @@ type Module struct {
 	Hash     [32]byte
 	host     *Host
 	compiled wazero.CompiledModule
+
+	metaMu sync.Mutex
+	meta   map[Options]*metaProbe // see Metadata
+	probes atomic.Int64           // instances Metadata created (for tests)
+}
+
+// maxMetaProbes bounds the options remembered per module by Metadata.
+const maxMetaProbes = 16
+
+// metaProbe is the outcome of one setup probe, shared by concurrent callers
+// of Metadata with the same options.
+type metaProbe struct {
+	done chan struct{}
+	meta Metadata
+	err  error
 }
 
 var (
@@ -106,6 +124,89 @@ type Options struct {
 	// InputLen and Classes configure models with free dimensions (logreg);
 	// 0 keeps the model's default. Fixed-shape models reject other values.
 	InputLen, Classes int
+}
+
+// Metadata returns what an instance created with opts would report as its
+// Metadata, without keeping one: the first call per options instantiates
+// the module, runs setup, reads the metadata and closes the instance; later
+// calls (from any goroutine) return a copy of that result. Setup runs in a
+// sandbox without clocks, randomness or host state, so its metadata depends
+// only on the module and the options. Thousands of simulated devices that
+// check the same model version therefore pay for one instance, not one
+// each. An error caused by ctx (cancellation, deadline) is not cached;
+// other errors are.
+func (m *Module) Metadata(ctx context.Context, opts Options) (Metadata, error) {
+	if opts.MaxBatch == 0 {
+		opts.MaxBatch = 64
+	}
+	for {
+		m.metaMu.Lock()
+		if m.meta == nil {
+			m.meta = map[Options]*metaProbe{}
+		}
+		p, ok := m.meta[opts]
+		if !ok && len(m.meta) >= maxMetaProbes {
+			// Callers asking for many different options are not the
+			// case this cache is for: probe without remembering.
+			m.metaMu.Unlock()
+			m.probes.Add(1)
+			in, err := m.Instantiate(ctx, opts)
+			if err != nil {
+				return Metadata{}, err
+			}
+			md := in.Metadata()
+			return md, in.Close(ctx)
+		}
+		if !ok {
+			p = &metaProbe{done: make(chan struct{})}
+			m.meta[opts] = p
+		}
+		m.metaMu.Unlock()
+		if ok {
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+				return Metadata{}, fmt.Errorf("module %x metadata: %w", m.Hash[:6], ctx.Err())
+			}
+			if p.err == nil {
+				return p.meta.clone(), nil
+			}
+			if errors.Is(p.err, context.Canceled) || errors.Is(p.err, context.DeadlineExceeded) {
+				// The prober gave up because of its own context: probe again.
+				continue
+			}
+			return Metadata{}, p.err
+		}
+		m.probes.Add(1)
+		in, err := m.Instantiate(ctx, opts)
+		if err == nil {
+			p.meta = in.Metadata().clone()
+			err = in.Close(ctx)
+		}
+		p.err = err
+		if err != nil && ctx.Err() != nil {
+			// Not the module's fault: let the next caller probe again.
+			p.err = fmt.Errorf("%w: %w", ctx.Err(), err)
+			m.metaMu.Lock()
+			delete(m.meta, opts)
+			m.metaMu.Unlock()
+		}
+		close(p.done)
+		if p.err != nil {
+			return Metadata{}, p.err
+		}
+		return p.meta.clone(), nil
+	}
+}
+
+// clone returns a deep copy, so that callers cannot change a cached value.
+func (md Metadata) clone() Metadata {
+	md.Input = slices.Clone(md.Input)
+	md.Tensors = slices.Clone(md.Tensors)
+	for i := range md.Tensors {
+		md.Tensors[i].Shape = slices.Clone(md.Tensors[i].Shape)
+	}
+	return md
 }
 
 // Instantiate creates an instance with its own linear memory, checks the
