@@ -15,7 +15,12 @@ import (
 )
 
 // network connects the coordinator and the devices: the in-memory bus or
-// the embedded MQTT broker on a loopback port.
+// the embedded MQTT broker. The broker serves the simulation on its
+// in-process listener (broker.Config.Pipe): every client speaks MQTT to
+// mochi as over TCP, through the same authentication and topic policy,
+// but over in-memory connections, so a fleet of any size needs no socket
+// or file descriptor per device (loopback TCP needs two, and the usual
+// hard limit of open files stops a fleet at a few thousand devices).
 type network interface {
 	coordinator(ctx context.Context) (transport.Transport, error)
 	device(ctx context.Context, id string, will *transport.Will) (transport.Transport, error)
@@ -29,7 +34,7 @@ func newNetwork(ctx context.Context, kind string, log *zap.Logger) (network, err
 		return &memNet{bus: memory.NewBus(memory.Config{MaxQueued: 1 << 20}, log.Named("bus"))}, nil
 	case "broker":
 		creds := broker.NewCredentials()
-		b, err := broker.New(broker.Config{Fleet: FleetID, TCPAddr: "127.0.0.1:0", Credentials: creds}, log.Named("broker"))
+		b, err := broker.New(broker.Config{Fleet: FleetID, Pipe: true, Credentials: creds}, log.Named("broker"))
 		if err != nil {
 			return nil, fmt.Errorf("fleet: broker: %w", err)
 		}
@@ -77,7 +82,7 @@ func (n *brokerNet) dial(ctx context.Context, user string, id topics.Identity, w
 		return nil, fmt.Errorf("fleet: broker credentials of %s: %w", user, err)
 	}
 	c, err := mqtt.Dial(ctx, mqtt.Config{
-		BrokerURL: "tcp://" + n.b.TCPAddr(), ClientID: user, Username: user, Password: password,
+		BrokerURL: "pipe://fleetsim", Dial: n.b.DialPipe, ClientID: user, Username: user, Password: password,
 		Will: will, QueueSize: queue,
 	}, n.log.Named("mqtt"))
 	if err != nil {

@@ -128,19 +128,24 @@ func loadData(sc *scenario.Scenario, dir string, sets *MNISTSets) (*data.Dataset
 	return train, src, nil
 }
 
-// partitionData splits the training set among the clients.
+// partitionData splits the training set among the clients. An IID split
+// that cannot give every client max(1, min_per_client) samples of its own
+// (more devices than samples, as 100,000 devices on MNIST) gives each
+// client that many samples drawn with replacement instead (resampledIID).
 func partitionData(sc *scenario.Scenario, train *data.Dataset) ([][]int, error) {
 	p := sc.Partition
 	var parts [][]int
 	var err error
-	switch p.Kind {
-	case "iid":
+	switch per := max(1, p.MinPerClient); {
+	case p.Kind == "iid" && sc.Clients > train.Len()/per:
+		parts, err = resampledIID(train.Len(), sc.Clients, per, sc.Seed)
+	case p.Kind == "iid":
 		parts, err = partition.IID(train.Len(), sc.Clients, sc.Seed)
-	case "shards":
+	case p.Kind == "shards":
 		parts, err = partition.Shards(train.Y, sc.Clients, p.ShardsPerClient, sc.Seed)
-	case "dirichlet":
+	case p.Kind == "dirichlet":
 		parts, err = partition.Dirichlet(train.Y, train.Classes(), sc.Clients, p.Alpha, p.MinPerClient, sc.Seed)
-	case "quantity":
+	case p.Kind == "quantity":
 		parts, err = partition.QuantitySkew(train.Len(), sc.Clients, p.Alpha, max(p.MinPerClient, 1), sc.Seed)
 	default:
 		err = fmt.Errorf("unknown partition %q", p.Kind)
