@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fedge-dev/fedge/edgeagent/data"
 	"github.com/fedge-dev/fedge/wasm-models"
@@ -352,7 +353,10 @@ func TestCompilerMatchesInterpreter(t *testing.T) {
 	ds := synthetic(t, 8, 784, 10, 21)
 	var results [][]float32
 	for _, interp := range []bool{false, true} {
-		h := newHost(t, Config{Interpreter: interp})
+		// The interpreter under the race detector on a loaded machine can
+		// take tens of seconds per mlp step: this test is about results,
+		// so the call deadline is generous.
+		h := newHost(t, Config{Interpreter: interp, CallTimeout: 10 * time.Minute})
 		in := instance(t, h, "mlp", Options{MaxBatch: 8})
 		if err := in.Init(ctx, 2); err != nil {
 			t.Fatal(err)
