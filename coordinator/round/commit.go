@@ -81,6 +81,22 @@ func (m *Machine) closeTraining() {
 	m.finishRound()
 }
 
+// closeTrainingEvent handles CloseTraining.
+func (m *Machine) closeTrainingEvent(e CloseTraining) error {
+	if e.RoundID == 0 {
+		return fmt.Errorf("%w: close training of round 0", ErrInvalidEvent)
+	}
+	if m.run == nil || m.round == nil || m.round.rec.RoundId != e.RoundID || m.round.rec.Phase != fedgepb.RoundPhase_ROUND_PHASE_TRAINING {
+		return nil
+	}
+	if e.Reason != "" {
+		m.failRound(e.Reason)
+		return nil
+	}
+	m.closeTraining()
+	return nil
+}
+
 // failRound ends a round without a new model and starts the next one,
 // unless too many rounds failed in a row.
 func (m *Machine) failRound(reason string) {

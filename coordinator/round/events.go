@@ -67,6 +67,17 @@ type EvalComputed struct {
 	Loss, Accuracy float64
 }
 
+// CloseTraining ends the training phase of round RoundID now, as its
+// deadline would: the aggregate is finished from the updates accepted so
+// far, or the round fails without a quorum. A non-empty Reason fails the
+// round with that reason instead (nothing is aggregated). The driver of a
+// secure aggregation round sends it once the protocol has produced the sum
+// or aborted. It is ignored unless round RoundID is the one training.
+type CloseTraining struct {
+	RoundID uint64
+	Reason  string
+}
+
 func (Tick) isEvent()               {}
 func (StartRun) isEvent()           {}
 func (Stop) isEvent()               {}
@@ -76,3 +87,4 @@ func (UpdateReceived) isEvent()     {}
 func (UpdateRefused) isEvent()      {}
 func (EvalResultReceived) isEvent() {}
 func (EvalComputed) isEvent()       {}
+func (CloseTraining) isEvent()      {}

@@ -79,6 +79,8 @@ func FormatEvent(ev Event) string {
 		return fmt.Sprintf("eval msg=%s %s", formatBytes(e.MessageID), FormatProto(e.Result))
 	case EvalComputed:
 		return fmt.Sprintf("server-eval round=%d loss=%s acc=%s", e.RoundID, formatFloat(e.Loss), formatFloat(e.Accuracy))
+	case CloseTraining:
+		return fmt.Sprintf("close-training round=%d reason=%s", e.RoundID, strconv.Quote(e.Reason))
 	}
 	return fmt.Sprintf("%T", ev)
 }

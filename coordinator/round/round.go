@@ -50,6 +50,15 @@ type Aggregator interface {
 	Finish(global []float32) ([]float32, error)
 }
 
+// Deferred is implemented by aggregators that need more than the updates
+// to finish (secure aggregation runs further message rounds after the last
+// masked input). When Deferred reports true, the machine does not close
+// training as soon as every selected device has reported; it waits for
+// CloseTraining or the deadline.
+type Deferred interface {
+	Deferred() bool
+}
+
 // NewAggregatorFunc returns a fresh aggregator for one round of a run with a
 // model of dim parameters.
 type NewAggregatorFunc func(run *fedgepb.RunConfig, roundID uint64, dim int) (Aggregator, error)
@@ -180,6 +189,8 @@ func (m *Machine) Step(ev Event) error {
 		return m.evalReceived(e)
 	case EvalComputed:
 		return m.evalComputed(e)
+	case CloseTraining:
+		return m.closeTrainingEvent(e)
 	case nil:
 		return fmt.Errorf("%w: nil event", ErrInvalidEvent)
 	}

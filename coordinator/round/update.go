@@ -100,7 +100,7 @@ func (m *Machine) trainUpdate(e UpdateReceived) error {
 	m.ready.Batch.Updates = append(m.ready.Batch.Updates, rec)
 	m.accept(rec)
 	m.ack(u.DeviceId, u.RoundId, e.MessageID, true, "")
-	if len(r.order) == len(r.rec.Selected) {
+	if d, ok := r.agg.(Deferred); len(r.order) == len(r.rec.Selected) && !(ok && d.Deferred()) {
 		m.closeTraining()
 	}
 	return nil
