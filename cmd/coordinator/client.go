@@ -113,7 +113,14 @@ func clientCmd(cmd, sub string, args []string, stdout, stderr io.Writer) error {
 		fs.DurationVar(&evalTimeout, "eval-timeout", 30*time.Second, "evaluation deadline")
 		u32(fs, &req.MaxFailed, "max-failed-rounds", 0, "consecutive failed rounds that end the run (0: 3)")
 		fs.BoolVar(&req.Reinit, "reinit", false, "start from fresh initial weights")
+		fs.BoolVar(&req.Secure, "secure", false, "secure aggregation (SecAgg+): the coordinator learns only the sum; sum-based strategies only")
+		fs.Float64Var(&req.SecureThreshold, "secure-threshold", 0.6, "with --secure: Shamir threshold as a fraction of each device's share holders")
+		fs.IntVar(&req.SecureDegree, "secure-degree", 0, "with --secure: neighbours per device, even (0: complete graph)")
+		fs.Float64Var(&req.SecureClipRange, "secure-clip", 1, "with --secure: bound of each delta coordinate before quantization")
 		run = func(ctx context.Context, c *admin.Client) error {
+			if !req.Secure {
+				req.SecureThreshold, req.SecureDegree, req.SecureClipRange = 0, 0, 0
+			}
 			req.DeadlineMs, req.EvalTimeoutMs = deadline.Milliseconds(), evalTimeout.Milliseconds()
 			req.LearningRate, req.ProximalMu, req.ClipNorm, req.TopKFraction = float32(lr), float32(mu), float32(clip), float32(topk)
 			if strategyCfg != "" {

@@ -69,7 +69,19 @@ type StartRequest struct {
 	EvalMaxSamples uint32            `json:"eval_max_samples,omitempty"`
 	MaxFailed      uint32            `json:"max_failed_rounds,omitempty"`
 	Reinit         bool              `json:"reinit,omitempty"` // start from fresh initial weights, not the latest version
-	Secure         bool              `json:"secure,omitempty"` // secure aggregation: not yet supported
+	// Secure runs every round with secure aggregation (SecAgg+): the
+	// coordinator learns only the sum of the updates. Only sum-based
+	// strategies (fedavg and the FedOpt family) accept it.
+	Secure bool `json:"secure,omitempty"`
+	// SecureThreshold is the Shamir threshold as a fraction of each
+	// device's share holders (default 0.6).
+	SecureThreshold float64 `json:"secure_threshold,omitempty"`
+	// SecureDegree is the neighbours per device in the SecAgg+ graph
+	// (even; default 0: the complete graph).
+	SecureDegree int `json:"secure_degree,omitempty"`
+	// SecureClipRange bounds each delta coordinate before quantization
+	// (default 1).
+	SecureClipRange float64 `json:"secure_clip_range,omitempty"`
 }
 
 // StatusDoc is GET /v1/rounds/status and `coordinator round status --json`.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedge-dev/fedge/aggregation"
 	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/coordinator/registry"
 	"github.com/fedge-dev/fedge/coordinator/round"
@@ -33,9 +35,6 @@ var codecNames = map[string]fedgepb.Codec{
 // RunConfig turns an admin start request into a run configuration,
 // filling the documented defaults.
 func RunConfig(req admin.StartRequest) (*fedgepb.RunConfig, error) {
-	if req.Secure {
-		return nil, badRequest("secure aggregation: not yet supported")
-	}
 	if req.Model == "" {
 		return nil, badRequest("model is required")
 	}
@@ -77,10 +76,47 @@ func RunConfig(req admin.StartRequest) (*fedgepb.RunConfig, error) {
 	if err := round.ValidateRunConfig(cfg); err != nil {
 		return nil, badRequest("%v", err)
 	}
-	if _, err := NewStrategy(cfg); err != nil {
+	st, err := NewStrategy(cfg)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if err := secureRunConfig(req, cfg, st); err != nil {
 		return nil, badRequest("%v", err)
 	}
 	return cfg, nil
+}
+
+// secureRunConfig puts the request's secure aggregation settings into the
+// run's strategy configuration after checking that the strategy can
+// finish from a sum.
+func secureRunConfig(req admin.StartRequest, cfg *fedgepb.RunConfig, st aggregation.Strategy) error {
+	sc, err := ParseStrategyConfig(cfg.StrategyConfig)
+	if err != nil {
+		return err
+	}
+	if sc.Secure != nil {
+		return errors.New("strategy_config.secure is set from the request's secure fields, not directly")
+	}
+	if !req.Secure {
+		if req.SecureThreshold != 0 || req.SecureDegree != 0 || req.SecureClipRange != 0 {
+			return errors.New("secure_threshold, secure_degree and secure_clip_range need secure")
+		}
+		return nil
+	}
+	if _, err := aggregation.RequireStreaming(st); err != nil {
+		return fmt.Errorf("secure aggregation reveals only the sum of the updates, so strategy %q, which needs every update, cannot be used with it; use fedavg, fedavgm, fedadam, fedyogi or fedadagrad", cfg.Strategy)
+	}
+	sc.Secure = &SecureConfig{Threshold: defF(req.SecureThreshold, DefaultSecureThreshold), Degree: req.SecureDegree,
+		ClipRange: defF(req.SecureClipRange, DefaultSecureClip)}
+	if err := validateSecure(sc.Secure, cfg, sc); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(sc)
+	if err != nil {
+		return err
+	}
+	cfg.StrategyConfig = raw
+	return nil
 }
 
 func defString(s, d string) string {

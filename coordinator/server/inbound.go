@@ -53,6 +53,8 @@ func (s *Server) handle(ctx context.Context, m transport.Message) error {
 		herr = s.update(ctx, env.MessageID, p)
 	case *fedgepb.EvaluateResult:
 		herr = s.step(ctx, round.EvalResultReceived{MessageID: env.MessageID, Result: p})
+	case *fedgepb.SecAggMessage:
+		herr = s.secureMessage(ctx, env.Sender, p)
 	default:
 		herr = fmt.Errorf("unexpected payload %v", env.Type)
 	}
@@ -108,6 +110,9 @@ func (s *Server) enroll(ctx context.Context, req *fedgepb.EnrollRequest) error {
 // update passes an inline update to the machine, or fetches its delta
 // blob first (in the background) when it can still be aggregated.
 func (s *Server) update(ctx context.Context, msgID []byte, u *fedgepb.Update) error {
+	if len(u.DeltaBlobId) == 0 && u.Codec == fedgepb.Codec_CODEC_SECAGG {
+		return s.secureUpdate(ctx, msgID, u, u.EncodedDelta)
+	}
 	if len(u.DeltaBlobId) == 0 {
 		return s.step(ctx, round.UpdateReceived{MessageID: msgID, Update: u})
 	}
@@ -162,6 +167,9 @@ func (s *Server) fetched(ctx context.Context, msgID []byte, u *fedgepb.Update, o
 	if uint64(len(data)) != u.DeltaLength {
 		return s.step(ctx, round.UpdateRefused{MessageID: msgID, Device: u.DeviceId, RoundID: u.RoundId, Reason: round.ReasonBadEncoding})
 	}
+	if u.Codec == fedgepb.Codec_CODEC_SECAGG {
+		return s.secureUpdate(ctx, msgID, u, data)
+	}
 	full := proto.Clone(u).(*fedgepb.Update)
 	full.EncodedDelta = data
 	return s.step(ctx, round.UpdateReceived{MessageID: msgID, Update: full})
@@ -189,7 +197,17 @@ var codecIDs = map[fedgepb.Codec]codec.ID{
 // self-describing header must name the codec the update claims. A header
 // declaring another dimension yields an empty delta, which the machine
 // refuses as wrong_shape (without allocating what the header claims).
+//
+// A CODEC_SECAGG update reaches the machine only from secureUpdate, with its
+// masked input taken out (the secure aggregator consumes it): it decodes
+// to zeros, which that aggregator ignores. Any other SECAGG delta is refused.
 func decodeDelta(c fedgepb.Codec, b []byte, dim int) ([]float32, error) {
+	if c == fedgepb.Codec_CODEC_SECAGG {
+		if len(b) != 0 {
+			return nil, errors.New("a secure aggregation masked input outside a secure round")
+		}
+		return make([]float32, dim), nil
+	}
 	want, ok := codecIDs[c]
 	if !ok {
 		return nil, fmt.Errorf("codec %v not supported", c)

@@ -45,6 +45,8 @@ func (s *Server) flush(ctx context.Context) error {
 			}
 		}
 		s.fault(FaultAfterPersist)
+		prevSec := s.sec
+		s.secureReady(ctx, &rd)
 		half := len(rd.Messages) / 2
 		for i, msg := range rd.Messages {
 			if i == half && half > 0 {
@@ -56,9 +58,19 @@ func (s *Server) flush(ctx context.Context) error {
 				s.log.Warn("publish failed", zap.Stringer("kind", msg.Kind), zap.String("device", msg.Device), zap.Error(err))
 			}
 		}
+		if s.sec != nil && s.sec != prevSec {
+			s.secureStarted(ctx, s.sec)
+		}
 		s.fault(FaultAfterPublish)
 		s.m.Advance()
 		s.observe(ctx, rd)
+		for len(s.secFailed) > 0 {
+			ev := s.secFailed[0]
+			s.secFailed = s.secFailed[1:]
+			if err := s.m.Step(ev); err != nil {
+				return fmt.Errorf("secure round %d: %w", ev.RoundID, err)
+			}
+		}
 	}
 	return nil
 }
@@ -110,7 +122,11 @@ func (s *Server) publishMessage(ctx context.Context, msg round.Message) error {
 	f := s.cfg.Fleet
 	switch msg.Kind {
 	case round.MsgTask:
-		return s.publish(ctx, topics.DeviceIn(f, msg.Device, topics.KindTask), fedgepb.PayloadType_PAYLOAD_TYPE_ROUND_TASK, msg.Task, false)
+		t, ok := s.secureTask(msg.Task)
+		if !ok {
+			return nil // a secure round without its protocol is being failed
+		}
+		return s.publish(ctx, topics.DeviceIn(f, msg.Device, topics.KindTask), fedgepb.PayloadType_PAYLOAD_TYPE_ROUND_TASK, t, false)
 	case round.MsgAck:
 		ack := msg.Ack
 		if ack.Accepted && ack.Reason != "" {

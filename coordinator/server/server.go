@@ -27,6 +27,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/fedge-dev/fedge/aggregation"
 	"github.com/fedge-dev/fedge/coordinator/registry"
 	"github.com/fedge-dev/fedge/coordinator/round"
 	"github.com/fedge-dev/fedge/coordinator/store"
@@ -133,6 +134,13 @@ type Server struct {
 	evalDone  map[uint64]bool
 	restoring bool // the first flush after restore republishes old acks
 	seal      func(typ fedgepb.PayloadType, msg protoMessage) ([]byte, error)
+
+	// Secure aggregation (secure.go).
+	sec          *secureRound          // the protocol of the current secure round
+	secRun       uint64                // the active run, if it is secure
+	secDim       map[uint64]int        // round -> model dimension, noted when its aggregator is made
+	secFailed    []round.CloseTraining // secure rounds that could not start
+	restoringAgg bool                  // the machine is refolding stored updates
 }
 
 type command struct {
@@ -179,8 +187,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		started:  make(chan struct{}),
 		fetching: map[string]bool{}, fetchSem: make(chan struct{}, maxFetches),
 		lastCount: map[string]uint64{}, online: map[string]bool{}, evalDone: map[uint64]bool{},
+		secDim: map[uint64]int{},
 	}
 	s.strat = &strategies{beforeFinish: func() { s.fault(FaultAggregate) }}
+	s.strat.secure = func(st aggregation.StreamingStrategy, roundID uint64, dim int) round.Aggregator {
+		s.secDim[roundID] = dim
+		return &secureAgg{s: s, st: st, round: roundID, before: s.strat.beforeFinish}
+	}
 	s.seal = s.sealWith
 	return s, nil
 }
@@ -212,14 +225,17 @@ func (s *Server) Run(ctx context.Context) error {
 	defer func() { _ = waitSender() }()
 	s.receiver = blob.NewReceiver(s.tr, blob.ReceiverConfig{Limits: blob.Limits{MaxBlobSize: s.cfg.MaxDeltaBytes}}, s.log.Named("blob"))
 
-	subs := make([]transport.Subscription, 0, 3)
-	for _, kind := range []string{topics.KindStatus, topics.KindEnroll, topics.KindUpdate} {
+	subs := make([]transport.Subscription, 0, 4)
+	for _, kind := range []string{topics.KindStatus, topics.KindEnroll, topics.KindUpdate, topics.KindSecAgg} {
 		sub, err := s.tr.Subscribe(ctx, topics.FleetRoot(s.cfg.Fleet)+"/dev/+/out/"+kind)
 		if err != nil {
 			return fmt.Errorf("server: subscribe %s: %w", kind, err)
 		}
 		subs = append(subs, sub)
 		defer func() { _ = sub.Unsubscribe(context.WithoutCancel(ctx)) }()
+	}
+	if err := s.secureAbortLost(ctx); err != nil {
+		return err
 	}
 	s.restoring = true
 	if err := s.flush(ctx); err != nil {
@@ -238,12 +254,17 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case <-tick:
 			tick = s.clk.After(s.cfg.TickInterval)
-			err = s.step(ctx, round.Tick{NowUnixMs: s.nowMs()})
+			err = s.secureTick(ctx)
+			if err == nil || !errors.Is(err, errFatal) {
+				err = errors.Join(err, s.step(ctx, round.Tick{NowUnixMs: s.nowMs()}))
+			}
 		case m, ok := <-subs[0].C():
 			err = s.inbound(ctx, m, ok)
 		case m, ok := <-subs[1].C():
 			err = s.inbound(ctx, m, ok)
 		case m, ok := <-subs[2].C():
+			err = s.inbound(ctx, m, ok)
+		case m, ok := <-subs[3].C():
 			err = s.inbound(ctx, m, ok)
 		case fn := <-s.events:
 			err = fn(ctx)
@@ -286,11 +307,14 @@ func (s *Server) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	s.restoringAgg = true
 	m, err := round.New(s.machineConfig(), snap)
+	s.restoringAgg = false
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.m = m
+	s.sec = nil
 	s.lastCount = map[string]uint64{}
 	devs, err := s.st.Devices(ctx)
 	if err != nil {

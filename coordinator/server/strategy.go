@@ -25,6 +25,9 @@ type StrategyConfig struct {
 	Beta      float64 `json:"beta,omitempty"`       // trimmed_mean: fraction trimmed at each end; default 0.1
 	SampleCap int64   `json:"sample_cap,omitempty"` // bound on a client's sample weight; 0 none
 	NormBound float64 `json:"norm_bound,omitempty"` // server-side L2 bound of each delta; 0 none
+	// Secure, when set, runs every round with secure aggregation (secure.go);
+	// only sum-based strategies accept it.
+	Secure *SecureConfig `json:"secure,omitempty"`
 }
 
 // Strategies lists the strategy names round start accepts.
@@ -131,6 +134,8 @@ type strategies struct {
 	active aggregation.Strategy
 	// beforeFinish is called before an aggregate is applied (fault point).
 	beforeFinish func()
+	// secure makes the aggregator of a secure round.
+	secure func(st aggregation.StreamingStrategy, roundID uint64, dim int) round.Aggregator
 }
 
 func (s *strategies) get(cfg *fedgepb.RunConfig) (aggregation.Strategy, error) {
@@ -159,6 +164,13 @@ func (s *strategies) newAggregator() round.NewAggregatorFunc {
 		st, err := s.get(run)
 		if err != nil {
 			return nil, err
+		}
+		if secureOf(run) != nil {
+			ss, err := aggregation.RequireStreaming(st)
+			if err != nil {
+				return nil, fmt.Errorf("secure aggregation: %w", err)
+			}
+			return s.secure(ss, roundID, dim), nil
 		}
 		if ss, ok := st.(aggregation.StreamingStrategy); ok && st.SumBased() {
 			acc, err := ss.NewAccumulator(dim)
