@@ -11,7 +11,6 @@ import (
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
 	"github.com/fedge-dev/fedge/internal/transport/blob"
-	"github.com/fedge-dev/fedge/internal/wire"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
 
@@ -134,27 +133,20 @@ func (s *session) runTask(ctx context.Context, t *fedgepb.RoundTask, version uin
 	if err != nil {
 		return Pending{}, err
 	}
-	if slots := a.o.TrainSlots; slots != nil {
-		select {
-		case slots <- struct{}{}:
-			defer func() { <-slots }()
-		case <-ctx.Done():
-			return Pending{}, ctx.Err()
-		}
+	var res result
+	if t.Kind == fedgepb.TaskKind_TASK_KIND_TRAIN && t.Secagg != nil {
+		res, err = s.runSecure(ctx, t, m)
+	} else {
+		err = s.withSlot(ctx, func() error {
+			var err error
+			res, err = s.runner.run(ctx, t, m)
+			return err
+		})
 	}
-	res, err := s.runner.run(ctx, t, m)
 	if err != nil {
 		return Pending{}, err
 	}
-	env, err := wire.SealEnvelope(a.o.Key, a.o.DeviceID, res.typ, res.msg, a.o.Clock.Now())
-	if err != nil {
-		return Pending{}, err
-	}
-	raw, err := env.Marshal()
-	if err != nil {
-		return Pending{}, err
-	}
-	return Pending{RoundID: t.RoundId, MessageID: env.MessageID, Envelope: raw, Blob: res.blob}, nil
+	return s.sealResult(t, res)
 }
 
 // fetch downloads, checks and installs a model in the background and posts
@@ -199,13 +191,12 @@ func (s *session) install(ctx context.Context, mf *fedgepb.ModelManifest) Event 
 	if err != nil {
 		return fail(false, err)
 	}
-	in, err := mod.Instantiate(ctx, runtimeOptions())
+	// The module's metadata is probed once per host, not per agent.
+	md, err := mod.Metadata(ctx, runtimeOptions())
 	if err != nil {
 		return fail(false, err)
 	}
-	params := in.Metadata().Params
-	_ = in.Close(ctx)
-	if uint64(params) != mf.ParamCount {
+	if params := md.Params; uint64(params) != mf.ParamCount {
 		return fail(false, fmt.Errorf("module declares %d parameters, manifest says %d", params, mf.ParamCount))
 	}
 	if err := a.o.Models.Install(m); err != nil {

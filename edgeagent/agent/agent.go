@@ -199,6 +199,7 @@ func (a *Agent) capabilities() *fedgepb.Capabilities {
 type stats struct {
 	mu                                                   sync.Mutex
 	installed, tasks, dropped, published, acked, refused uint64
+	secureDone                                           uint64
 	ignored                                              map[string]uint64
 }
 
@@ -211,6 +212,7 @@ type Stats struct {
 	Acked            uint64            // results acknowledged
 	AckedRefused     uint64            // of which the coordinator refused
 	Ignored          map[string]uint64 // inputs not acted on, by kind ("manifest", "model", "ack", ...)
+	SecureRounds     uint64            // secure aggregation rounds whose unmasking stage the agent answered
 }
 
 // Stats returns a snapshot of the agent's counters.
@@ -219,7 +221,7 @@ func (a *Agent) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := Stats{ModelsInstalled: s.installed, TasksRun: s.tasks, TasksDropped: s.dropped,
-		ResultsPublished: s.published, Acked: s.acked, AckedRefused: s.refused, Ignored: map[string]uint64{}}
+		ResultsPublished: s.published, Acked: s.acked, AckedRefused: s.refused, SecureRounds: s.secureDone, Ignored: map[string]uint64{}}
 	for k, v := range s.ignored {
 		out.Ignored[k] = v
 	}

@@ -32,6 +32,7 @@ func (enrollEv) event() {}
 
 // session is the state of one Run: one connection's worth of driver.
 type session struct {
+	ctx     context.Context // the session's, for work outliving a task
 	a       *Agent
 	tr      transport.Transport
 	m       *Machine
@@ -41,6 +42,7 @@ type session struct {
 	runner  taskRunner
 	offered map[uint64]blob.ID
 	cancels map[uint64]context.CancelFunc
+	secure  *secureInbox
 	wg      sync.WaitGroup
 
 	needEnroll    bool
@@ -61,6 +63,7 @@ func (a *Agent) Run(ctx context.Context, tr transport.Transport) error {
 	if err != nil {
 		return err
 	}
+	s.ctx = ctx
 	defer s.wg.Wait()
 	defer cancel()
 	keys := wire.StaticKeys(map[string]ed25519.PublicKey{wire.CoordinatorID: a.o.CoordinatorKey})
@@ -172,6 +175,7 @@ func (a *Agent) newSession(tr transport.Transport) (*session, error) {
 		send:    blob.NewSender(tr, blob.Device(a.o.Fleet, a.o.DeviceID), blob.SenderConfig{Workers: 1}, a.log),
 		offered: map[uint64]blob.ID{},
 		cancels: map[uint64]context.CancelFunc{},
+		secure:  newSecureInbox(),
 		runner: taskRunner{host: a.o.Host, src: a.o.Data, clock: a.o.Clock, deviceID: a.o.DeviceID,
 			inlineLimit: a.o.InlineLimit},
 		needEnroll:    a.o.EnrollmentToken != "" && !enrolled,
@@ -200,6 +204,11 @@ func (s *session) handle(ctx context.Context, in wire.Inbound) error {
 		ev = EvAck{Ack: m}
 	case *fedgepb.EnrollResponse:
 		ev = enrollEv{r: m}
+	case *fedgepb.SecAggMessage:
+		if !s.secure.deliver(m) {
+			s.a.count(func(st *stats) { st.ignored["secagg"]++ })
+		}
+		return nil
 	default:
 		return nil // control messages carry nothing this agent acts on
 	}

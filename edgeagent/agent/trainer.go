@@ -53,12 +53,11 @@ func checkModule(ctx context.Context, host *runtime.Host, m Model, opts runtime.
 	if err != nil {
 		return nil, err
 	}
-	in, err := mod.Instantiate(ctx, opts)
+	md, err := mod.Metadata(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	defer in.Close(ctx)
-	if p := in.Metadata().Params; uint64(p) != m.Manifest.ParamCount {
+	if p := md.Params; uint64(p) != m.Manifest.ParamCount {
 		return nil, fmt.Errorf("module declares %d parameters, manifest v%d says %d", p, m.Manifest.Version, m.Manifest.ParamCount)
 	}
 	return mod, nil
@@ -145,46 +144,61 @@ func (r *taskRunner) evaluate(ctx context.Context, t *fedgepb.RoundTask, m Model
 }
 
 func (r *taskRunner) train(ctx context.Context, t *fedgepb.RoundTask, m Model) (result, error) {
+	delta, u, err := r.trainDelta(ctx, t, m)
+	if err != nil {
+		return result{}, err
+	}
+	enc, err := encodeDelta(t.Train, t.RoundId, delta)
+	if err != nil {
+		return result{}, fmt.Errorf("train round %d: %w", t.RoundId, err)
+	}
+	return r.withDelta(u, enc), nil
+}
+
+// trainDelta trains t from m and returns the clipped delta and the update
+// to send it in (every field but the delta's).
+func (r *taskRunner) trainDelta(ctx context.Context, t *fedgepb.RoundTask, m Model) ([]float32, *fedgepb.Update, error) {
 	tc := t.Train
 	start := r.clock.Now()
 	in, global, err := r.instance(ctx, m, int(tc.BatchSize))
 	if err != nil {
-		return result{}, fmt.Errorf("train round %d: %w", t.RoundId, err)
+		return nil, nil, fmt.Errorf("train round %d: %w", t.RoundId, err)
 	}
 	defer in.Close(ctx)
 	src, err := limitSamples(r.src, tc.MaxSamples)
 	if err != nil {
-		return result{}, err
+		return nil, nil, err
 	}
 	st, err := in.TrainEpochs(ctx, src, runtime.TrainConfig{
 		Epochs: int(tc.Epochs), BatchSize: int(tc.BatchSize), LR: tc.LearningRate,
 		Mu: tc.ProximalMu, Global: global, Seed: tc.Seed,
 	})
 	if err != nil {
-		return result{}, fmt.Errorf("train round %d: %w", t.RoundId, err)
+		return nil, nil, fmt.Errorf("train round %d: %w", t.RoundId, err)
 	}
 	local, err := in.Params(ctx)
 	if err != nil {
-		return result{}, fmt.Errorf("train round %d: %w", t.RoundId, err)
+		return nil, nil, fmt.Errorf("train round %d: %w", t.RoundId, err)
 	}
 	delta := make([]float32, len(local))
 	for i := range local {
 		delta[i] = local[i] - global[i]
 	}
 	ClipL2(delta, float64(tc.ClipNorm))
-	enc, err := encodeDelta(tc, t.RoundId, delta)
-	if err != nil {
-		return result{}, fmt.Errorf("train round %d: %w", t.RoundId, err)
-	}
 	u := &fedgepb.Update{
 		RoundId: t.RoundId, DeviceId: r.deviceID, BaseModelHash: t.BaseModelHash,
-		SampleCount: uint64(st.Samples / max(len(st.Epochs), 1)), Codec: tc.Codec,
-		DeltaLength: uint64(len(enc)), Nonce: t.Nonce,
+		SampleCount: uint64(st.Samples / max(len(st.Epochs), 1)), Codec: tc.Codec, Nonce: t.Nonce,
 		Metrics: &fedgepb.TrainMetrics{Steps: uint64(st.Steps), TrainMillis: uint64(max(r.clock.Now().Sub(start), 0) / time.Millisecond)},
 	}
 	if n := len(st.Epochs); n > 0 {
 		u.Metrics.Loss, u.Metrics.Accuracy = st.Epochs[n-1].Loss, st.Epochs[n-1].Accuracy
 	}
+	return delta, u, nil
+}
+
+// withDelta puts the encoded delta into u, inline or as a blob.
+func (r *taskRunner) withDelta(u *fedgepb.Update, enc []byte) result {
+	u.DeltaLength = uint64(len(enc))
 	res := result{typ: fedgepb.PayloadType_PAYLOAD_TYPE_UPDATE, msg: u}
 	if len(enc) > r.inlineLimit {
 		id := sha256.Sum256(enc)
@@ -192,7 +206,7 @@ func (r *taskRunner) train(ctx context.Context, t *fedgepb.RoundTask, m Model) (
 	} else {
 		u.EncodedDelta = enc
 	}
-	return res, nil
+	return res
 }
 
 // ClipL2 scales v in place so that its L2 norm is at most c (c <= 0: no
