@@ -76,7 +76,7 @@ func (f *Fleet) startAgents(ctx context.Context, wg *sync.WaitGroup, net network
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := a.Run(ctx, &deviceTransport{Transport: tr, f: f, dev: i}); err != nil && ctx.Err() == nil {
+			if err := a.Run(ctx, f.secureDevice(i, &deviceTransport{Transport: tr, f: f, dev: i})); err != nil && ctx.Err() == nil {
 				f.log.Warn("agent stopped", zap.String("device", d.id), zap.Error(err))
 			}
 		}()

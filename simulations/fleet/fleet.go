@@ -136,6 +136,8 @@ type Fleet struct {
 	slots    chan struct{} // the agents' training slots
 	stalls   int
 	baseline *report.Summary
+	plain    *report.Summary // the plain run beside a secure one
+	secure   *secureSim      // nil unless the scenario is secure
 	// For warming the agents' shared model cache.
 	st     store.Store
 	models *registry.Models
@@ -170,9 +172,6 @@ func (f *Fleet) connected() int {
 func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, error) {
 	if err := sc.Validate(); err != nil {
 		return nil, err
-	}
-	if sc.Secure.Enabled {
-		return nil, fmt.Errorf("fleet: secure aggregation: %w by the coordinator yet", ErrUnsupported)
 	}
 	if sc.Strategy.DPNoise > 0 {
 		return nil, fmt.Errorf("fleet: differential privacy (strategy.dp_noise_multiplier): %w by the coordinator yet", ErrUnsupported)
@@ -215,7 +214,20 @@ func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, err
 		}
 		baseline = &res.Summary
 	}
-	f := &Fleet{baseline: baseline,
+	var plain *report.Summary
+	if sc.Secure.Enabled {
+		if opts.MNIST == nil && sc.Dataset == "mnist" {
+			sets, err := LoadMNIST(opts.MNISTDir)
+			if err != nil {
+				return nil, err
+			}
+			opts.MNIST = sets
+		}
+		if plain, err = runPlainBaseline(ctx, sc, opts); err != nil {
+			return nil, err
+		}
+	}
+	f := &Fleet{baseline: baseline, plain: plain,
 		sc: sc, opts: opts, log: opts.Log.Named("fleetsim"), track: newTracker(),
 		manifestTopic: topics.Manifest(FleetID), index: map[string]int{},
 		taskInfo: map[devRound]taskInfo{}, limits: wire.DefaultLimits(),
@@ -229,6 +241,7 @@ func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, err
 	if err := f.profile.Validate(); err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
+	f.secureSetup()
 	// A fixed epoch: virtual runs must not depend on when they ran.
 	f.start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	if sc.Clock == "virtual" {
@@ -312,7 +325,7 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	f.eval = &evaluator{inner: server.TestSetEvaluator{Models: models, Data: test}}
 	nonceKey := sha256.Sum256([]byte(fmt.Sprintf("fleetsim nonce key %d", sc.Seed)))
 	srv, err := server.New(ctx, server.Config{
-		Fleet: FleetID, Transport: &coordTransport{Transport: coordTr, f: f}, Store: st, Clock: f.srvClk,
+		Fleet: FleetID, Transport: &coordTransport{Transport: f.secureCoord(coordTr), f: f}, Store: st, Clock: f.srvClk,
 		Log: f.opts.Log.Named("coordinator"), Key: coordKey, Models: models, NonceKey: nonceKey[:],
 		Evaluator: f.eval,
 	})
@@ -340,6 +353,7 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.secureRequest(&req)
 	if f.virtual == nil {
 		f.start = time.Now() // fleet time under the wall clock counts from the run's start
 	}
@@ -354,12 +368,23 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	base := f.baseline
+	if f.plain != nil {
+		p := *f.plain
+		p.Strategy = "plain " + p.Strategy
+		base = &p
+	}
 	sum, plots, err := w.Finish(report.Summary{
 		Scenario: sc.Name, Seed: sc.Seed, Model: sc.Model, Strategy: sc.Strategy.Name, Clients: sc.Clients,
-		Baseline: f.baseline,
+		Baseline: base,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if f.plain != nil {
+		if err := writeSecureSummary(f.opts.Out, sc, sum, f.plain); err != nil {
+			return nil, err
+		}
 	}
 	return &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls}, nil
 }

@@ -244,7 +244,6 @@ func TestMNISTDirFromEnv(t *testing.T) {
 
 func TestRunRefusesWhatItCannotDo(t *testing.T) {
 	for _, yaml := range []string{
-		"name: a\nsecure: {enabled: true}\n",
 		"name: a\nstrategy: {name: fedavg, dp_noise_multiplier: 1, dp_clip: 1}\n",
 		"name: a\ndataset: csv:/x.csv\n",
 	} {
