@@ -31,13 +31,14 @@ const fleet = "test"
 // publishes manifests and model blobs, sends tasks, and verifies, records
 // and (optionally) acknowledges what devices send.
 type fakeCoordinator struct {
-	t      testing.TB
-	tr     transport.Transport
-	pub    ed25519.PublicKey
-	key    ed25519.PrivateKey
-	sender *blob.Sender
-	recv   *blob.Receiver
-	ctx    context.Context
+	t       testing.TB
+	serving sync.WaitGroup // the serve goroutines, waited for at cleanup
+	tr      transport.Transport
+	pub     ed25519.PublicKey
+	key     ed25519.PrivateKey
+	sender  *blob.Sender
+	recv    *blob.Receiver
+	ctx     context.Context
 
 	mu           sync.Mutex
 	devKeys      map[string]ed25519.PublicKey
@@ -73,10 +74,11 @@ func newFakeCoordinatorKey(t testing.TB, bus *memory.Bus, key ed25519.PrivateKey
 func newFakeCoordinatorOn(t testing.TB, tr transport.Transport, key ed25519.PrivateKey) *fakeCoordinator {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	pub := key.Public().(ed25519.PublicKey)
 	c := &fakeCoordinator{t: t, tr: tr, pub: pub, key: key, ctx: ctx, autoAck: true,
 		devKeys: map[string]ed25519.PublicKey{}, deltas: map[string][]float32{}, ackedOnce: map[string]int{}}
+	// Handlers report to t, so they must be done before the test is.
+	t.Cleanup(func() { cancel(); c.serving.Wait() })
 	c.sender = blob.NewSender(tr, blob.Coordinator(fleet), blob.SenderConfig{ChunkSize: 16 << 10}, nil)
 	if _, err := c.sender.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -87,7 +89,8 @@ func newFakeCoordinatorOn(t testing.TB, tr transport.Transport, key ed25519.Priv
 		if err != nil {
 			t.Fatal(err)
 		}
-		go c.serve(sub)
+		c.serving.Add(1)
+		go func() { defer c.serving.Done(); c.serve(sub) }()
 	}
 	return c
 }
@@ -229,7 +232,7 @@ func (c *fakeCoordinator) publish(topic string, typ fedgepb.PayloadType, msg wir
 		c.t.Error(err)
 		return
 	}
-	if err := c.tr.Publish(c.ctx, topic, raw, transport.PublishOptions{Retain: retain}); err != nil {
+	if err := c.tr.Publish(c.ctx, topic, raw, transport.PublishOptions{Retain: retain}); err != nil && c.ctx.Err() == nil {
 		c.t.Error(err)
 	}
 }
