@@ -119,8 +119,8 @@ func TestSameSeedSameMetrics(t *testing.T) {
 	}
 }
 
-// TestBrokerTransport runs a small fleet over the embedded MQTT broker on
-// a loopback port: the same coordinator and agents as over memory, the
+// TestBrokerTransport runs a small fleet over the embedded MQTT broker
+// (its in-process listener): the same coordinator and agents as over memory, the
 // same accuracy.
 func TestBrokerTransport(t *testing.T) {
 	sets := mnistSets(t)

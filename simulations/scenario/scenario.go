@@ -34,7 +34,8 @@ type Scenario struct {
 	Dataset string `yaml:"dataset"`
 	// TestSamples limits the server-side test set (0 = all).
 	TestSamples int `yaml:"test_samples"`
-	// Transport is "broker" (the embedded MQTT broker over loopback) or
+	// Transport is "broker" (the embedded MQTT broker, reached through its
+	// in-process listener: real MQTT sessions, no sockets) or
 	// "memory" (the in-memory transport).
 	Transport string `yaml:"transport"`
 	// Clock is "virtual" (fleet time runs as fast as the machine allows)
