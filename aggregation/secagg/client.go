@@ -234,17 +234,18 @@ func (c *Client) MaskedInput(msg []byte, values []float32, weight float64) ([]by
 	if len(got)+1 < c.cfg.Threshold {
 		return nil, fmt.Errorf("client %d: shares from %d neighbours, threshold %d: %w", c.id, len(got), c.cfg.Threshold, ErrTooFew)
 	}
-	applyMask(y, c.seed, domainSelfMask, +1)
+	jobs := make([]maskJob, 1, len(got)+1)
+	jobs[0] = maskJob{seed: c.seed, d: domainSelfMask}
 	for _, v := range sortedKeys(got) {
 		ss, err := agree(c.sSK, c.peers[v].sPK)
 		if err != nil {
 			return nil, fmt.Errorf("client %d: key agreement with %d: %w", c.id, v, err)
 		}
-		sign := +1
-		if c.id > v {
-			sign = -1
-		}
-		applyMask(y, kdf(ss, purposePairSeed, c.cfg.Round, c.id, v), domainPairMask, sign)
+		jobs = append(jobs, maskJob{seed: kdf(ss, purposePairSeed, c.cfg.Round, c.id, v), d: domainPairMask, neg: c.id > v})
+	}
+	applyMasks(y, jobs)
+	for i := range jobs {
+		clear(jobs[i].seed[:]) // the pairwise seeds are secrets
 	}
 	for v, ct := range got {
 		c.peers[v].ct = ct

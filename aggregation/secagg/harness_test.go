@@ -53,6 +53,8 @@ type round struct {
 	seen []seenMsg
 	// tamper, if set, may rewrite a server->client message before delivery.
 	tamper func(stage Stage, to uint32, msg []byte) []byte
+	// forge, if set, may rewrite a client->server message (a misbehaving device).
+	forge func(stage Stage, from uint32, msg []byte) []byte
 	// clientErrs counts client refusals per stage.
 	clientErrs map[Stage][]error
 }
@@ -90,6 +92,9 @@ func newRound(t testing.TB, cfg Config, seed uint64) *round {
 }
 
 func (r *round) deliver(from uint32, msg []byte) {
+	if r.forge != nil {
+		msg = r.forge(r.server.Stage(), from, msg)
+	}
 	r.seen = append(r.seen, seenMsg{from, msg})
 	if err := r.server.Receive(from, msg); err != nil {
 		r.t.Fatalf("server rejected an honest client's message: %v", err)

@@ -126,11 +126,15 @@ func (m *NeighbourKeys) Marshal() []byte {
 	b := header(MsgNeighbourKeys, m.Round, headerLen+4+len(m.Keys)*advertLen)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Keys)))
 	for i := range m.Keys {
-		k := &m.Keys[i]
-		b = binary.LittleEndian.AppendUint32(b, k.From)
-		b = append(append(append(b, k.CPK[:]...), k.SPK[:]...), k.Sig[:]...)
+		b = appendAdvert(b, &m.Keys[i])
 	}
 	return b
+}
+
+// appendAdvert appends k as a NeighbourKeys entry: an advert without its header.
+func appendAdvert(b []byte, k *AdvertiseKeys) []byte {
+	b = binary.LittleEndian.AppendUint32(b, k.From)
+	return append(append(append(b, k.CPK[:]...), k.SPK[:]...), k.Sig[:]...)
 }
 
 // UnmarshalNeighbourKeys decodes a NeighbourKeys message.
@@ -158,10 +162,15 @@ const encShareLen = 4 + ShareCiphertextLen
 func appendShares(b []byte, s []EncryptedShare) []byte {
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
 	for i := range s {
-		b = binary.LittleEndian.AppendUint32(b, s[i].Peer)
-		b = append(b, s[i].Ciphertext[:]...)
+		b = appendShare(b, s[i].Peer, &s[i].Ciphertext)
 	}
 	return b
+}
+
+// appendShare appends one EncryptedShare entry.
+func appendShare(b []byte, peer uint32, ct *[ShareCiphertextLen]byte) []byte {
+	b = binary.LittleEndian.AppendUint32(b, peer)
+	return append(b, ct[:]...)
 }
 
 func readShares(r *reader) []EncryptedShare {
@@ -237,8 +246,10 @@ func (m *MaskedInput) Marshal() []byte {
 	b := header(MsgMaskedInput, m.Round, headerLen+8+4*len(m.Y))
 	b = binary.LittleEndian.AppendUint32(b, m.From)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Y)))
-	for _, y := range m.Y {
-		b = binary.LittleEndian.AppendUint32(b, y)
+	b = b[:len(b)+4*len(m.Y)] // within the capacity header allocated
+	v := b[headerLen+8:]
+	for i, y := range m.Y {
+		binary.LittleEndian.PutUint32(v[4*i:], y)
 	}
 	return b
 }

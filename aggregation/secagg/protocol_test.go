@@ -1,6 +1,7 @@
 package secagg
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -357,5 +358,55 @@ func TestUnmaskingDetectsBadShare(t *testing.T) {
 	_, err := r.server.Advance()
 	if !errors.Is(err, ErrAborted) || !errors.Is(err, ErrInconsistent) {
 		t.Fatalf("advance: %v, want ErrAborted wrapping ErrInconsistent", err)
+	}
+}
+
+// TestServerRelaysInnerSignaturesUnchecked: the server does not verify the
+// protocol's signatures (package doc, "Signatures"); the clients that rely on
+// them do. A device that signs its advert or its consistency signature with
+// garbage gets it accepted by the server, and every neighbour that checks it
+// refuses with ErrBadSignature: such a device can disrupt the round (as it
+// could with bad shares) but cannot make a client trust a forged message.
+func TestServerRelaysInnerSignaturesUnchecked(t *testing.T) {
+	const forger = 3
+	for _, stage := range []Stage{StageAdvertiseKeys, StageConsistencyCheck} {
+		t.Run(stage.String(), func(t *testing.T) {
+			r := newRound(t, testConfig(6, 5, 4, 2), 11)
+			forged := 0
+			r.forge = func(s Stage, from uint32, msg []byte) []byte {
+				if s != stage || from != forger {
+					return msg
+				}
+				forged++
+				msg = bytes.Clone(msg)
+				msg[len(msg)-1] ^= 1 // both messages end with the signature
+				return msg
+			}
+			_, err := r.run()
+			if forged != 1 {
+				t.Fatalf("forged %d messages, want 1", forged)
+			}
+			refusing := StageShareKeys
+			if stage == StageConsistencyCheck {
+				refusing = StageUnmasking
+			}
+			errs := r.clientErrs[refusing]
+			if len(errs) != 5 {
+				t.Fatalf("client refusals %v, want all 5 neighbours of %d in %v", r.clientErrs, forger, refusing)
+			}
+			for _, e := range errs {
+				if !errors.Is(e, ErrBadSignature) {
+					t.Fatalf("refusal %v, want ErrBadSignature", e)
+				}
+			}
+			// Every neighbour refused, so too few remain: the round aborts
+			// and reveals nothing.
+			if !errors.Is(err, ErrAborted) || !errors.Is(err, ErrTooFew) {
+				t.Fatalf("round: %v, want an abort with too few clients", err)
+			}
+			if _, err := r.server.Result(); !errors.Is(err, ErrAborted) {
+				t.Fatalf("Result after abort: %v", err)
+			}
+		})
 	}
 }

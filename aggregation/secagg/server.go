@@ -1,9 +1,10 @@
 package secagg
 
 import (
-	"crypto/ed25519"
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/fedge-dev/fedge/aggregation/secagg/shamir"
 )
@@ -35,8 +36,12 @@ type Server struct {
 	acc      []uint32
 	consReq  []byte
 	consSigs [][sigLen]byte
-	asked    []map[uint32]ShareKind                  // UnmaskRequest sent to each client
-	revealed map[uint32]map[ShareKind][]shamir.Share // peer -> kind -> shares
+	// asked[u] are the requests of the UnmaskRequest sent to u, by Peer.
+	asked [][]ShareRequest
+	// revealed[v] are the shares of v's secret received so far: of b_v if
+	// v is in U3, of s_sk of v if it dropped after sharing keys (a peer's
+	// kind is the same in every request).
+	revealed [][]shamir.Share
 	result   *Result
 }
 
@@ -98,8 +103,10 @@ var stageMsg = [...]MsgType{MsgAdvertiseKeys, MsgShareKeys, MsgMaskedInput, MsgC
 
 // Receive validates and records the message of client from for the current
 // stage. Errors: ErrWrongStage, ErrWrongRound, ErrUnknownClient, ErrDuplicate
-// (e.g. a redelivery; safe to ignore), ErrMalformed, ErrBadSignature,
-// ErrInconsistent. A rejected message changes nothing.
+// (e.g. a redelivery; safe to ignore), ErrMalformed, ErrInconsistent. A
+// rejected message changes nothing. from must be authenticated by the
+// transport (the device-signed envelope): the server does not check the
+// protocol's own signatures (see "Signatures" in the package doc).
 func (s *Server) Receive(from uint32, msg []byte) error {
 	if s.stage >= StageDone {
 		return fmt.Errorf("receive from %d: round is %v: %w", from, s.stage, ErrWrongStage)
@@ -154,9 +161,7 @@ func (s *Server) receiveAdvert(from uint32, msg []byte) error {
 	if err := checkFrom(from, m.From); err != nil {
 		return err
 	}
-	if !m.Verify(s.cfg.DeviceKeys[from]) {
-		return ErrBadSignature
-	}
+	// No signature check here: see "Signatures" in the package doc.
 	if m.CPK == m.SPK {
 		return fmt.Errorf("equal public keys: %w", ErrInconsistent)
 	}
@@ -174,9 +179,6 @@ func (s *Server) receiveShareKeys(from uint32, msg []byte) error {
 	}
 	if err := checkFrom(from, m.From); err != nil {
 		return err
-	}
-	if !m.Verify(s.cfg.DeviceKeys[from]) {
-		return ErrBadSignature
 	}
 	want := s.expected[from]
 	if len(m.Shares) != len(want) {
@@ -217,9 +219,6 @@ func (s *Server) receiveConsistency(from uint32, msg []byte) error {
 	if err := checkFrom(from, m.From); err != nil {
 		return err
 	}
-	if !verifySig(s.cfg.DeviceKeys[from], s.consReq, m.Sig) {
-		return ErrBadSignature
-	}
 	s.consSigs[from] = m.Sig
 	return nil
 }
@@ -232,27 +231,24 @@ func (s *Server) receiveUnmask(from uint32, msg []byte) error {
 	if err := checkFrom(from, m.From); err != nil {
 		return err
 	}
-	if !m.Verify(s.cfg.DeviceKeys[from]) {
-		return ErrBadSignature
-	}
+	asked := s.asked[from]
 	parsed := make([]shamir.Share, len(m.Shares))
-	seen := map[uint32]bool{}
+	seen := make([]bool, len(asked))
 	for i, r := range m.Shares {
-		if k, ok := s.asked[from][r.Peer]; !ok || k != r.Kind || seen[r.Peer] {
+		j, ok := slices.BinarySearchFunc(asked, r.Peer, func(q ShareRequest, p uint32) int { return cmp.Compare(q.Peer, p) })
+		if !ok || asked[j].Kind != r.Kind || seen[j] {
 			return fmt.Errorf("share kind %d of %d was not requested: %w", r.Kind, r.Peer, ErrInconsistent)
 		}
-		seen[r.Peer] = true
+		seen[j] = true
 		if parsed[i], err = shamir.ParseShareY(uint64(from)+1, r.Share[:], 32); err != nil {
 			return fmt.Errorf("share of %d: %w: %w", r.Peer, ErrMalformed, err)
 		}
 	}
 	for i, r := range m.Shares {
-		byKind := s.revealed[r.Peer]
-		if byKind == nil {
-			byKind = map[ShareKind][]shamir.Share{}
-			s.revealed[r.Peer] = byKind
+		if s.revealed[r.Peer] == nil {
+			s.revealed[r.Peer] = make([]shamir.Share, 0, s.cfg.holders())
 		}
-		byKind[r.Kind] = append(byKind[r.Kind], parsed[i])
+		s.revealed[r.Peer] = append(s.revealed[r.Peer], parsed[i])
 	}
 	return nil
 }
@@ -324,51 +320,71 @@ func (s *Server) startShareKeys() ([]Outbound, error) {
 	if err := s.enough("advertised keys", count(u1)); err != nil {
 		return nil, err
 	}
-	var out []Outbound
+	out := make([]Outbound, 0, count(u1))
 	for u := range s.cfg.N {
 		if !u1[u] {
 			continue
 		}
-		m := &NeighbourKeys{Round: s.cfg.Round}
+		ex := make([]uint32, 0, len(s.nbrs[u]))
 		for _, v := range s.nbrs[u] {
 			if u1[v] {
-				m.Keys = append(m.Keys, *s.adverts[v])
-				s.expected[u] = append(s.expected[u], v)
+				ex = append(ex, v)
 			}
 		}
-		if len(m.Keys)+1 < s.cfg.Threshold {
+		s.expected[u] = ex
+		if len(ex)+1 < s.cfg.Threshold {
 			continue // too few neighbours left to recover its secrets: it drops
 		}
-		out = append(out, Outbound{To: uint32(u), Payload: m.Marshal()})
+		// NeighbourKeys{Keys: the adverts of ex}, encoded in place.
+		b := header(MsgNeighbourKeys, s.cfg.Round, headerLen+4+len(ex)*advertLen)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(ex)))
+		for _, v := range ex {
+			b = appendAdvert(b, s.adverts[v])
+		}
+		out = append(out, Outbound{To: uint32(u), Payload: b})
 	}
 	return out, s.enough("with enough neighbours to share keys", len(out))
 }
 
+// startMaskedInput forwards to each client u of U2 the shares addressed to
+// it by the members of U2, ordered by sender. The graph is symmetric, so
+// they are the shares of the members v of U2 in expected[u], and v's share
+// for u sits at u's position in expected[v] (receiveShareKeys checked it).
 func (s *Server) startMaskedInput() ([]Outbound, error) {
 	s.u2 = append([]bool(nil), s.got...)
 	if err := s.enough("shared keys", count(s.u2)); err != nil {
 		return nil, err
 	}
-	inbox := make([]ForwardedShares, s.cfg.N)
-	for v, m := range s.shares {
-		if m == nil || !s.u2[v] {
+	out := make([]Outbound, 0, count(s.u2))
+	type forward struct {
+		from uint32
+		ct   *[ShareCiphertextLen]byte
+	}
+	var fw []forward
+	for u := range s.cfg.N {
+		if !s.u2[u] {
 			continue
 		}
-		for _, sh := range m.Shares {
-			if s.u2[sh.Peer] {
-				inbox[sh.Peer].Shares = append(inbox[sh.Peer].Shares, EncryptedShare{Peer: uint32(v), Ciphertext: sh.Ciphertext})
+		fw = fw[:0]
+		for _, v := range s.expected[u] {
+			if !s.u2[v] {
+				continue
+			}
+			if i, ok := slices.BinarySearch(s.expected[v], uint32(u)); ok {
+				fw = append(fw, forward{v, &s.shares[v].Shares[i].Ciphertext})
 			}
 		}
-	}
-	s.shares = nil
-	var out []Outbound
-	for u := range inbox {
-		if !s.u2[u] || len(inbox[u].Shares)+1 < s.cfg.Threshold {
+		if len(fw)+1 < s.cfg.Threshold {
 			continue
 		}
-		inbox[u].Round = s.cfg.Round
-		out = append(out, Outbound{To: uint32(u), Payload: inbox[u].Marshal()})
+		b := header(MsgForwardedShares, s.cfg.Round, headerLen+4+len(fw)*encShareLen)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(fw)))
+		for _, f := range fw {
+			b = appendShare(b, f.from, f.ct)
+		}
+		out = append(out, Outbound{To: uint32(u), Payload: b})
 	}
+	s.shares = nil
 	s.acc = make([]uint32, s.cfg.VectorLen())
 	return out, s.enough("with enough neighbours to mask", len(out))
 }
@@ -400,15 +416,17 @@ func (s *Server) startUnmasking() ([]Outbound, error) {
 	if err := s.enough("signed the survivor set", count(u4)); err != nil {
 		return nil, err
 	}
-	s.asked = make([]map[uint32]ShareKind, s.cfg.N)
-	s.revealed = map[uint32]map[ShareKind][]shamir.Share{}
-	var out []Outbound
+	s.asked = make([][]ShareRequest, s.cfg.N)
+	s.revealed = make([][]shamir.Share, s.cfg.N)
+	out := make([]Outbound, 0, count(u4))
 	for u := range s.cfg.N {
 		if !u4[u] {
 			continue
 		}
-		m := &UnmaskRequest{Round: s.cfg.Round, Requests: []ShareRequest{{Peer: uint32(u), Kind: KindSeed}}}
-		for _, v := range s.nbrs[u] {
+		nb := s.nbrs[u]
+		m := &UnmaskRequest{Round: s.cfg.Round, Sigs: make([]PeerSig, 0, len(nb)), Requests: make([]ShareRequest, 1, len(nb)+1)}
+		m.Requests[0] = ShareRequest{Peer: uint32(u), Kind: KindSeed}
+		for _, v := range nb {
 			if u4[v] {
 				m.Sigs = append(m.Sigs, PeerSig{Peer: v, Sig: s.consSigs[v]})
 			}
@@ -422,15 +440,10 @@ func (s *Server) startUnmasking() ([]Outbound, error) {
 		if len(m.Sigs)+1 < s.cfg.Threshold {
 			continue // it would refuse: too few neighbours confirmed the set
 		}
-		s.asked[u] = map[uint32]ShareKind{}
-		for _, q := range m.Requests {
-			s.asked[u][q.Peer] = q.Kind
-		}
+		asked := slices.Clone(m.Requests)
+		slices.SortFunc(asked, func(a, b ShareRequest) int { return cmp.Compare(a.Peer, b.Peer) })
+		s.asked[u] = asked
 		out = append(out, Outbound{To: uint32(u), Payload: m.Marshal()})
 	}
 	return out, s.enough("asked to unmask", len(out))
-}
-
-func verifySig(pub ed25519.PublicKey, body []byte, sig [sigLen]byte) bool {
-	return ed25519.Verify(pub, signedBytes(body), sig[:])
 }

@@ -12,11 +12,13 @@ import (
 )
 
 // finish reconstructs b_v of every survivor and s_sk of every client that
-// dropped after sharing, and removes their masks from the sum.
+// dropped after sharing, then removes all their masks from the sum in one
+// batch (applyMasks).
 func (s *Server) finish() error {
 	if err := s.enough("answered the unmask request", count(s.got)); err != nil {
 		return err
 	}
+	jobs := make([]maskJob, 0, count(s.u3))
 	for v := range s.cfg.N {
 		switch {
 		case s.u3[v]:
@@ -24,13 +26,15 @@ func (s *Server) finish() error {
 			if err != nil {
 				return err
 			}
-			applyMask(s.acc, [32]byte(seed), domainSelfMask, -1)
+			jobs = append(jobs, maskJob{seed: [32]byte(seed), d: domainSelfMask, neg: true})
 		case s.u2[v]:
-			if err := s.removePairMasks(uint32(v)); err != nil {
+			var err error
+			if jobs, err = s.pairMaskJobs(jobs, uint32(v)); err != nil {
 				return err
 			}
 		}
 	}
+	applyMasks(s.acc, jobs)
 	r := &Result{Sum: s.acc, q: s.cfg.Quantizer(), dim: s.cfg.Dim, weighted: s.cfg.MaxWeight > 0}
 	for u, in := range s.u3 {
 		if in {
@@ -42,7 +46,7 @@ func (s *Server) finish() error {
 }
 
 func (s *Server) reconstruct(v uint32, kind ShareKind) ([]byte, error) {
-	secret, err := shamir.Combine(s.revealed[v][kind], s.cfg.Threshold, 32)
+	secret, err := shamir.Combine(s.revealed[v], s.cfg.Threshold, 32)
 	if err != nil {
 		if errors.Is(err, shamir.ErrTooFewShares) {
 			err = fmt.Errorf("%w: %w", ErrTooFew, err)
@@ -54,9 +58,9 @@ func (s *Server) reconstruct(v uint32, kind ShareKind) ([]byte, error) {
 	return secret, nil
 }
 
-// removePairMasks undoes the pairwise masks that the surviving neighbours
-// of the dropped client v added for it.
-func (s *Server) removePairMasks(v uint32) error {
+// pairMaskJobs appends the jobs that undo the pairwise masks the surviving
+// neighbours of the dropped client v added for it.
+func (s *Server) pairMaskJobs(jobs []maskJob, v uint32) ([]maskJob, error) {
 	var live []uint32
 	for _, w := range s.nbrs[v] {
 		if s.u3[w] {
@@ -64,28 +68,25 @@ func (s *Server) removePairMasks(v uint32) error {
 		}
 	}
 	if len(live) == 0 {
-		return nil
+		return jobs, nil
 	}
 	raw, err := s.reconstruct(v, KindKey)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sk, err := ecdh.X25519().NewPrivateKey(raw)
 	if err != nil || !bytes.Equal(sk.PublicKey().Bytes(), s.adverts[v].SPK[:]) {
-		return fmt.Errorf("reconstructed key of client %d does not match its advert: %w", v, ErrInconsistent)
+		return nil, fmt.Errorf("reconstructed key of client %d does not match its advert: %w", v, ErrInconsistent)
 	}
 	for _, w := range live {
 		ss, err := agree(sk, s.adverts[w].SPK)
 		if err != nil {
-			return fmt.Errorf("key agreement %d-%d: %w", v, w, err)
+			return nil, fmt.Errorf("key agreement %d-%d: %w", v, w, err)
 		}
-		sign := -1 // w added +PRG when w < v
-		if w > v {
-			sign = +1
-		}
-		applyMask(s.acc, kdf(ss, purposePairSeed, s.cfg.Round, v, w), domainPairMask, sign)
+		// w added +PRG when w < v, so subtract it then; add it back otherwise.
+		jobs = append(jobs, maskJob{seed: kdf(ss, purposePairSeed, s.cfg.Round, v, w), d: domainPairMask, neg: w < v})
 	}
-	return nil
+	return jobs, nil
 }
 
 // Result returns the exact sum once the round is Done.
