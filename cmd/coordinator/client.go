@@ -117,6 +117,10 @@ func clientCmd(cmd, sub string, args []string, stdout, stderr io.Writer) error {
 		fs.Float64Var(&req.SecureThreshold, "secure-threshold", 0.6, "with --secure: Shamir threshold as a fraction of each device's share holders")
 		fs.IntVar(&req.SecureDegree, "secure-degree", 0, "with --secure: neighbours per device, even (0: complete graph)")
 		fs.Float64Var(&req.SecureClipRange, "secure-clip", 1, "with --secure: bound of each delta coordinate before quantization")
+		fs.Float64Var(&req.DPNoiseMultiplier, "dp-noise-multiplier", 0, "differential privacy (DP-FedAvg): Gaussian noise std on the sum is this times --dp-clip (0: off)")
+		fs.Float64Var(&req.DPClip, "dp-clip", 0, "with --dp-noise-multiplier: L2 bound of each update; the devices clip to it")
+		fs.Float64Var(&req.DPDelta, "dp-delta", 0, "with --dp-noise-multiplier: the delta at which epsilon is reported (0: 1e-5)")
+		fs.Float64Var(&req.DPSamplingRate, "dp-sampling-rate", 0, "with --dp-noise-multiplier: per-round participation probability the accountant assumes (0: --fraction)")
 		run = func(ctx context.Context, c *admin.Client) error {
 			if !req.Secure {
 				req.SecureThreshold, req.SecureDegree, req.SecureClipRange = 0, 0, 0
@@ -314,6 +318,10 @@ func printStatus(w io.Writer, st *admin.StatusDoc) {
 	r := st.Run
 	fmt.Fprintf(w, "run %d: %s, model %s, strategy %s, %d/%d rounds committed, accuracy %s %s\n",
 		r.RunID, r.State, r.Model, r.Strategy, r.RoundsCommitted, r.Rounds, acc(r.HasAccuracy, r.LastAccuracy), r.Reason)
+	if d := r.DP; d != nil {
+		fmt.Fprintf(w, "differential privacy: epsilon %.4g at delta %g after %d rounds (noise multiplier %g, clip %g, sampling rate %g)\n",
+			d.Epsilon, d.Delta, d.RoundsCharged, d.NoiseMultiplier, d.Clip, d.SamplingRate)
+	}
 	if rd := st.Round; rd != nil {
 		fmt.Fprintf(w, "round %d: %s, %d/%d updates", rd.RoundID, rd.Phase, rd.Accepted, rd.Selected)
 		if rd.DeadlineUnixMs > 0 {

@@ -82,6 +82,23 @@ type StartRequest struct {
 	// SecureClipRange bounds each delta coordinate before quantization
 	// (default 1).
 	SecureClipRange float64 `json:"secure_clip_range,omitempty"`
+	// DPNoiseMultiplier > 0 turns on central differential privacy
+	// (DP-FedAvg): each update is clipped to DPClip, weighted uniformly,
+	// and Gaussian noise of std DPNoiseMultiplier·DPClip is added to the
+	// sum. Only sum-based strategies accept it.
+	DPNoiseMultiplier float64 `json:"dp_noise_multiplier,omitempty"`
+	// DPClip is the L2 bound of each update (required with DP); it becomes
+	// the devices' clip_norm (clip_norm, if set, must equal it).
+	DPClip float64 `json:"dp_clip,omitempty"`
+	// DPDelta is the δ at which ε is reported (default 1e-5).
+	DPDelta float64 `json:"dp_delta,omitempty"`
+	// DPSamplingRate is the per-round participation probability q the
+	// accountant assumes (default fraction).
+	DPSamplingRate float64 `json:"dp_sampling_rate,omitempty"`
+	// DPNoiseSeed keys the noise stream so a simulation replays exactly;
+	// 0 (the production setting) draws a fresh random key per coordinator
+	// process, since noise from a known key can be subtracted.
+	DPNoiseSeed uint64 `json:"dp_noise_seed,omitempty"`
 }
 
 // StatusDoc is GET /v1/rounds/status and `coordinator round status --json`.
@@ -113,6 +130,21 @@ type RunDoc struct {
 	Reason          string  `json:"reason"`
 	StartedUnixMs   int64   `json:"started_unix_ms"`
 	FinishedUnixMs  int64   `json:"finished_unix_ms"`
+	// DP is present when the run has differential privacy.
+	DP *DPDoc `json:"dp,omitempty"`
+}
+
+// DPDoc is a run's differential privacy: its settings and the privacy
+// spent by its committed rounds.
+type DPDoc struct {
+	NoiseMultiplier float64 `json:"noise_multiplier"`
+	Clip            float64 `json:"clip"`
+	SamplingRate    float64 `json:"sampling_rate"`
+	Delta           float64 `json:"delta"`
+	// Epsilon is the cumulative ε at Delta after RoundsCharged rounds
+	// (RDP accountant for the sampled Gaussian mechanism).
+	Epsilon       float64 `json:"epsilon"`
+	RoundsCharged uint32  `json:"rounds_charged"`
 }
 
 // RoundDoc is the active run's current round.

@@ -45,7 +45,8 @@ func RunConfig(req admin.StartRequest) (*fedgepb.RunConfig, error) {
 	if c == fedgepb.Codec_CODEC_TOPK && !(req.TopKFraction > 0 && req.TopKFraction <= 1) {
 		return nil, badRequest("codec topk needs topk_fraction in (0, 1]")
 	}
-	for _, v := range []float64{req.Fraction, float64(req.LearningRate), float64(req.ProximalMu), float64(req.ClipNorm), req.TargetAccuracy} {
+	for _, v := range []float64{req.Fraction, float64(req.LearningRate), float64(req.ProximalMu), float64(req.ClipNorm), req.TargetAccuracy,
+		req.DPNoiseMultiplier, req.DPClip, req.DPDelta, req.DPSamplingRate} {
 		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 			return nil, badRequest("numbers must be finite and non-negative")
 		}
@@ -83,7 +84,63 @@ func RunConfig(req admin.StartRequest) (*fedgepb.RunConfig, error) {
 	if err := secureRunConfig(req, cfg, st); err != nil {
 		return nil, badRequest("%v", err)
 	}
+	if err := dpRunConfig(req, cfg); err != nil {
+		return nil, badRequest("%v", err)
+	}
 	return cfg, nil
+}
+
+// dpRunConfig puts the request's differential privacy settings into the
+// run's strategy configuration and sets the devices' clip norm to the DP
+// clip, so every device clips its delta to C before sending it (the
+// server clips again when it sees individual updates).
+func dpRunConfig(req admin.StartRequest, cfg *fedgepb.RunConfig) error {
+	sc, err := ParseStrategyConfig(cfg.StrategyConfig)
+	if err != nil {
+		return err
+	}
+	if sc.DP != nil {
+		return errors.New("strategy_config.dp is set from the request's dp_* fields, not directly")
+	}
+	if req.DPNoiseMultiplier == 0 {
+		if req.DPClip != 0 || req.DPDelta != 0 || req.DPSamplingRate != 0 || req.DPNoiseSeed != 0 {
+			return errors.New("dp_clip, dp_delta, dp_sampling_rate and dp_noise_seed need dp_noise_multiplier > 0")
+		}
+		return nil
+	}
+	// The clip travels to the devices as a float32: use that value
+	// everywhere so the device bound and the accounted sensitivity agree.
+	clip := float64(float32(req.DPClip))
+	switch {
+	case !(clip > 0) || math.IsInf(clip, 0):
+		return fmt.Errorf("dp_noise_multiplier needs a positive dp_clip (the L2 bound of each update) up to %g, got %v", math.MaxFloat32, req.DPClip)
+	case req.ClipNorm != 0 && float64(req.ClipNorm) != clip:
+		return fmt.Errorf("clip_norm %v differs from dp_clip %v: with differential privacy the devices clip to dp_clip (leave clip_norm unset)", req.ClipNorm, req.DPClip)
+	case req.Secure:
+		return errors.New("dp_noise_multiplier with secure: DP needs uniformly weighted updates and secure aggregation weights them by sample count; not supported yet")
+	}
+	d := &DPConfig{NoiseMultiplier: req.DPNoiseMultiplier, Clip: clip, Delta: defF(req.DPDelta, DefaultDPDelta),
+		SamplingRate: defF(req.DPSamplingRate, cfg.Fraction), NoiseSeed: req.DPNoiseSeed}
+	if !(d.Delta < 1) {
+		return fmt.Errorf("dp_delta %v not in (0, 1)", d.Delta)
+	}
+	if !(d.SamplingRate <= 1) {
+		return fmt.Errorf("dp_sampling_rate %v not in (0, 1]", d.SamplingRate)
+	}
+	if _, err := dpEpsilon(d, 1); err != nil {
+		return fmt.Errorf("dp_noise_multiplier %v: the accountant cannot bound one round (%v); use a larger multiplier", d.NoiseMultiplier, err)
+	}
+	sc.DP = d
+	raw, err := json.Marshal(sc)
+	if err != nil {
+		return err
+	}
+	cfg.StrategyConfig = raw
+	cfg.Train.ClipNorm = float32(clip)
+	if _, err := NewStrategy(cfg); err != nil {
+		return err
+	}
+	return nil
 }
 
 // secureRunConfig puts the request's secure aggregation settings into the
@@ -336,8 +393,46 @@ func runDoc(r *store.Run) *admin.RunDoc {
 		Model: r.Config.GetModelId(), Strategy: r.Config.GetStrategy(), Rounds: r.Config.GetRounds(),
 		TargetAccuracy: r.Config.GetTargetAccuracy(), RoundsCommitted: r.RoundsCommitted, CurrentRound: r.CurrentRound,
 		ModelVersion: r.ModelVersion, LastAccuracy: r.LastAccuracy, HasAccuracy: r.HasAccuracy, Reason: r.Reason,
-		StartedUnixMs: r.StartedUnixMs, FinishedUnixMs: r.FinishedUnixMs,
+		StartedUnixMs: r.StartedUnixMs, FinishedUnixMs: r.FinishedUnixMs, DP: dpDoc(r),
 	}
+}
+
+// dpDoc reports a DP run's settings and the ε its committed rounds spent;
+// it is computed from the stored run, so it survives restarts.
+func dpDoc(r *store.Run) *admin.DPDoc {
+	c := dpOf(r.Config)
+	if c == nil {
+		return nil
+	}
+	doc := &admin.DPDoc{NoiseMultiplier: c.NoiseMultiplier, Clip: c.Clip, SamplingRate: c.SamplingRate, Delta: c.Delta,
+		RoundsCharged: r.RoundsCommitted}
+	if r.RoundsCommitted == 0 {
+		return doc // nothing released yet: ε = 0
+	}
+	eps, err := dpEpsilon(c, r.RoundsCommitted)
+	if err != nil {
+		// Only a corrupt stored configuration gets here; never report a
+		// privacy guarantee that was not computed.
+		eps = -1
+	}
+	doc.Epsilon = eps
+	return doc
+}
+
+// dpEpsilon is ε at c.Delta after rounds committed rounds.
+func dpEpsilon(c *DPConfig, rounds uint32) (float64, error) {
+	a, err := DPAccountant(c, rounds)
+	if err != nil {
+		return 0, err
+	}
+	eps, _, err := a.Epsilon(c.Delta)
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(eps) || math.IsInf(eps, 0) {
+		return 0, fmt.Errorf("epsilon %v after %d rounds", eps, rounds)
+	}
+	return eps, nil
 }
 
 // Runs lists every run.

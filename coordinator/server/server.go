@@ -194,6 +194,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.secDim[roundID] = dim
 		return &secureAgg{s: s, st: st, round: roundID, before: s.strat.beforeFinish}
 	}
+	s.strat.committed = s.storedRounds
 	s.seal = s.sealWith
 	return s, nil
 }

@@ -1,12 +1,18 @@
 package server
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"sort"
 	"sync"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/fedge-dev/fedge/aggregation"
+	"github.com/fedge-dev/fedge/aggregation/dp"
 	"github.com/fedge-dev/fedge/coordinator/round"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
@@ -28,7 +34,24 @@ type StrategyConfig struct {
 	// Secure, when set, runs every round with secure aggregation (secure.go);
 	// only sum-based strategies accept it.
 	Secure *SecureConfig `json:"secure,omitempty"`
+	// DP, when set, wraps the strategy with central differential privacy
+	// (aggregation/dp); only sum-based strategies accept it.
+	DP *DPConfig `json:"dp,omitempty"`
 }
+
+// DPConfig is strategy_config.dp, set from the start request's dp_* fields.
+type DPConfig struct {
+	NoiseMultiplier float64 `json:"noise_multiplier"`
+	Clip            float64 `json:"clip"`
+	SamplingRate    float64 `json:"sampling_rate"`
+	Delta           float64 `json:"delta"`
+	// NoiseSeed keys the noise; 0 draws a random key each time the strategy
+	// is built (once per run per coordinator process).
+	NoiseSeed uint64 `json:"noise_seed,omitempty"`
+}
+
+// DefaultDPDelta is the δ at which ε is reported unless the run sets one.
+const DefaultDPDelta = 1e-5
 
 // Strategies lists the strategy names round start accepts.
 func Strategies() []string {
@@ -120,7 +143,87 @@ func NewStrategy(run *fedgepb.RunConfig) (aggregation.Strategy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("strategy %q: %w", run.Strategy, err)
 	}
-	return s, nil
+	if c.DP == nil {
+		return s, nil
+	}
+	ss, ok := s.(aggregation.StreamingStrategy)
+	if !ok || !s.SumBased() {
+		return nil, fmt.Errorf("differential privacy adds noise to the sum of the updates, so strategy %q, which needs every update, cannot be used with it; use fedavg, fedavgm, fedadam, fedyogi or fedadagrad", run.Strategy)
+	}
+	seed := c.DP.NoiseSeed
+	for seed == 0 {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("dp noise key: %w", err)
+		}
+		seed = binary.LittleEndian.Uint64(b[:])
+	}
+	w, err := dp.Wrap(ss, dp.Config{NoiseMultiplier: c.DP.NoiseMultiplier, ClipNorm: c.DP.Clip,
+		SamplingRate: c.DP.SamplingRate, Delta: c.DP.Delta, Seed: seed})
+	if err != nil {
+		return nil, fmt.Errorf("strategy %q: %w", run.Strategy, err)
+	}
+	return w, nil
+}
+
+// dpSteps caches the per-round RDP of each (sampling rate, noise
+// multiplier): computing it takes ~150 series evaluations. It holds at most
+// maxDPSteps entries (requests choose the keys).
+var dpSteps struct {
+	sync.Mutex
+	m map[[2]float64][]float64
+}
+
+const maxDPSteps = 64
+
+// DPAccountant is the accountant of c after rounds committed rounds: every
+// committed round charges one sampled Gaussian mechanism of rate
+// c.SamplingRate and multiplier c.NoiseMultiplier, so the privacy spent is
+// a function of the persisted round count and the run's configuration.
+func DPAccountant(c *DPConfig, rounds uint32) (*dp.Accountant, error) {
+	key := [2]float64{c.SamplingRate, c.NoiseMultiplier}
+	dpSteps.Lock()
+	step, ok := dpSteps.m[key]
+	dpSteps.Unlock()
+	if !ok {
+		one, err := dp.NewAccountant(nil)
+		if err != nil {
+			return nil, err
+		}
+		if err := one.Compose(c.SamplingRate, c.NoiseMultiplier, 1); err != nil {
+			return nil, err
+		}
+		step = one.RDP()
+		dpSteps.Lock()
+		if dpSteps.m == nil {
+			dpSteps.m = map[[2]float64][]float64{}
+		}
+		if len(dpSteps.m) < maxDPSteps {
+			dpSteps.m[key] = step
+		}
+		dpSteps.Unlock()
+	}
+	rdp := append([]float64(nil), step...)
+	for i := range rdp {
+		rdp[i] *= float64(rounds)
+	}
+	a, err := dp.NewAccountant(nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Restore(rdp); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// dpOf is the run's DP configuration, nil if it has none.
+func dpOf(run *fedgepb.RunConfig) *DPConfig {
+	c, err := ParseStrategyConfig(run.GetStrategyConfig())
+	if err != nil {
+		return nil
+	}
+	return c.DP
 }
 
 // strategies keeps the active run's strategy, so the server optimizers'
@@ -128,6 +231,9 @@ func NewStrategy(run *fedgepb.RunConfig) (aggregation.Strategy, error) {
 // machine hands the same *RunConfig for every round of a run (one run is
 // active at a time), so the configuration's identity keys the strategy.
 // It is in memory only: after a restart a run's optimizer starts afresh.
+// The one piece of strategy state that must survive a restart, the DP
+// accountant, is a function of the run's persisted committed-round count:
+// committed returns it, and get restores the accountant from it.
 type strategies struct {
 	mu     sync.Mutex
 	cfg    *fedgepb.RunConfig
@@ -136,6 +242,9 @@ type strategies struct {
 	beforeFinish func()
 	// secure makes the aggregator of a secure round.
 	secure func(st aggregation.StreamingStrategy, roundID uint64, dim int) round.Aggregator
+	// committed is the rounds committed by the stored run of cfg (0 for a
+	// run not yet stored).
+	committed func(cfg *fedgepb.RunConfig) (uint32, error)
 }
 
 func (s *strategies) get(cfg *fedgepb.RunConfig) (aggregation.Strategy, error) {
@@ -147,6 +256,19 @@ func (s *strategies) get(cfg *fedgepb.RunConfig) (aggregation.Strategy, error) {
 	st, err := NewStrategy(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if d, ok := st.(*dp.Strategy); ok && s.committed != nil {
+		n, err := s.committed(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("dp accountant: %w", err)
+		}
+		a, err := DPAccountant(dpOf(cfg), n)
+		if err != nil {
+			return nil, fmt.Errorf("dp accountant: %w", err)
+		}
+		if err := d.Accountant().Restore(a.RDP()); err != nil {
+			return nil, fmt.Errorf("dp accountant: %w", err)
+		}
 	}
 	s.cfg, s.active = cfg, st
 	return st, nil
@@ -240,4 +362,19 @@ func (a *collectingAgg) Finish(global []float32) ([]float32, error) {
 		return nil, err
 	}
 	return next, nil
+}
+
+// storedRounds is the rounds committed by the stored active run whose
+// configuration is cfg: after a restart, the restored run's count; for a
+// run being started (not stored yet), 0.
+func (s *Server) storedRounds(cfg *fedgepb.RunConfig) (uint32, error) {
+	runs, err := s.st.Runs(context.Background())
+	if err != nil || len(runs) == 0 {
+		return 0, err
+	}
+	last := runs[len(runs)-1]
+	if last.State != fedgepb.RunState_RUN_STATE_RUNNING || !proto.Equal(last.Config, cfg) {
+		return 0, nil
+	}
+	return last.RoundsCommitted, nil
 }
