@@ -38,6 +38,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +51,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/coordinator/registry"
 	"github.com/fedge-dev/fedge/coordinator/server"
 	"github.com/fedge-dev/fedge/coordinator/store"
@@ -105,6 +108,8 @@ type Result struct {
 	// Stalls counts the times the scheduler gave up waiting (0 in a
 	// healthy run; a run with stalls may not be reproducible).
 	Stalls int
+	// DP is the run's differential privacy at its end (nil without DP).
+	DP *admin.DPDoc
 }
 
 // Fleet is one simulation in progress.
@@ -173,8 +178,8 @@ func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, err
 	if err := sc.Validate(); err != nil {
 		return nil, err
 	}
-	if sc.Strategy.DPNoise > 0 {
-		return nil, fmt.Errorf("fleet: differential privacy (strategy.dp_noise_multiplier): %w by the coordinator yet", ErrUnsupported)
+	if sc.Strategy.DPNoise > 0 && sc.Secure.Enabled {
+		return nil, fmt.Errorf("fleet: differential privacy with secure aggregation: %w by the coordinator yet (DP needs uniformly weighted updates)", ErrUnsupported)
 	}
 	if opts.Out == "" {
 		return nil, errors.New("fleet: an output directory is required")
@@ -354,6 +359,7 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	f.secureRequest(&req)
+	dpRequest(sc, &req)
 	if f.virtual == nil {
 		f.start = time.Now() // fleet time under the wall clock counts from the run's start
 	}
@@ -386,5 +392,49 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	return &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls}, nil
+	res := &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls}
+	if req.DPNoiseMultiplier > 0 {
+		st, err := srv.Status(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: final status: %w", err)
+		}
+		if st.Run == nil || st.Run.DP == nil {
+			return nil, errors.New("fleet: the coordinator reports no differential privacy for a DP run")
+		}
+		res.DP = st.Run.DP
+		if err := writeJSON(f.opts.Out, "summary.json", DPSummary{Summary: sum, DP: st.Run.DP}); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// DPSummary is summary.json of a differentially private scenario: the
+// run's summary and its DP settings with the final ε.
+type DPSummary struct {
+	report.Summary
+	DP *admin.DPDoc `json:"dp"`
+}
+
+// dpRequest puts the scenario's DP settings into the run request. The
+// noise is keyed by the scenario seed so a simulation replays exactly (a
+// production coordinator draws the key at random).
+func dpRequest(sc *scenario.Scenario, req *admin.StartRequest) {
+	if !(sc.Strategy.DPNoise > 0) {
+		return
+	}
+	req.DPNoiseMultiplier, req.DPClip, req.DPDelta = sc.Strategy.DPNoise, sc.Strategy.DPClip, sc.Strategy.DPDelta
+	h := sha256.Sum256(fmt.Appendf(nil, "fleetsim dp noise %d", sc.Seed))
+	req.DPNoiseSeed = binary.LittleEndian.Uint64(h[:8]) | 1
+}
+
+func writeJSON(dir, name string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -245,7 +247,7 @@ func TestMNISTDirFromEnv(t *testing.T) {
 
 func TestRunRefusesWhatItCannotDo(t *testing.T) {
 	for _, yaml := range []string{
-		"name: a\nstrategy: {name: fedavg, dp_noise_multiplier: 1, dp_clip: 1}\n",
+		"name: a\nstrategy: {name: fedavg, dp_noise_multiplier: 1, dp_clip: 1}\nsecure: {enabled: true}\n",
 		"name: a\ndataset: csv:/x.csv\n",
 	} {
 		sc, err := scenario.Parse([]byte(yaml))
@@ -255,6 +257,60 @@ func TestRunRefusesWhatItCannotDo(t *testing.T) {
 		if _, err := Run(t.Context(), sc, Options{Out: t.TempDir(), MNISTDir: t.TempDir()}); !errors.Is(err, ErrUnsupported) {
 			t.Errorf("%q: %v, want ErrUnsupported", yaml, err)
 		}
+	}
+}
+
+const dpYAML = `
+name: dp-small
+seed: 3
+model: logreg
+transport: memory
+clock: virtual
+clients: 20
+rounds: 2
+test_samples: 1000
+deadline: 10m
+partition: {kind: iid}
+selection: {fraction: 0.15, min_clients: 3, quorum: 1.0}
+train: {epochs: 1, batch_size: 10, learning_rate: 0.05}
+strategy: {name: fedavg, dp_noise_multiplier: 0.8, dp_clip: 0.5, dp_delta: 1e-4}
+`
+
+// TestDPScenario runs a small DP-FedAvg scenario: it completes, the
+// coordinator charges every committed round, and summary.json carries the
+// final ε.
+func TestDPScenario(t *testing.T) {
+	sc, err := scenario.Parse([]byte(dpYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	res, err := Run(t.Context(), sc, Options{Out: out, MNIST: mnistSets(t), Stall: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := res.DP
+	if d == nil || d.NoiseMultiplier != 0.8 || d.Clip != float64(float32(0.5)) || d.SamplingRate != 0.15 || d.Delta != 1e-4 {
+		t.Fatalf("dp %+v", d)
+	}
+	// The run ends after sc.Rounds committed rounds; each is charged.
+	if int(d.RoundsCharged) != sc.Rounds || !(d.Epsilon > 0) {
+		t.Fatalf("dp %+v after %d rounds", d, sc.Rounds)
+	}
+	want, err := server.DPAccountant(&server.DPConfig{NoiseMultiplier: 0.8, SamplingRate: 0.15}, d.RoundsCharged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eps, _, err := want.Epsilon(d.Delta); err != nil || math.Abs(eps-d.Epsilon) > 1e-9 {
+		t.Fatalf("epsilon %v, accountant says %v (%v)", d.Epsilon, eps, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "summary.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum DPSummary
+	if err := json.Unmarshal(raw, &sum); err != nil || sum.DP == nil || sum.DP.Epsilon != d.Epsilon || sum.Scenario != "dp-small" {
+		t.Fatalf("summary.json (%v):\n%s", err, raw)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 )
 
 func TestShippedScenariosValidate(t *testing.T) {
-	want := []string{"attackers", "dirichlet-0.1", "mcmahan-2nn-iid", "mcmahan-2nn-noniid", "mcmahan-cnn-iid", "quickstart", "scale-10k", "secure-100"}
+	want := []string{"attackers", "dirichlet-0.1", "dp-fedavg", "mcmahan-2nn-iid", "mcmahan-2nn-noniid", "mcmahan-cnn-iid", "quickstart", "scale-10k", "secure-100"}
 	names := scenarios.Names()
 	if strings.Join(names, ",") != strings.Join(want, ",") {
 		t.Fatalf("shipped scenarios %v, want %v", names, want)
