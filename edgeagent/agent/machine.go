@@ -48,6 +48,8 @@ type Machine struct {
 	fetching   uint64     // version being fetched, 0 when idle
 	next       *fedgepb.ModelManifest
 	failed     uint64 // last version whose fetch or check failed
+	failedWhy  string // why, and the weights hash it announced:
+	failedHash []byte // a task waiting for those weights is dropped
 	task       *fedgepb.RoundTask
 	taskSince  time.Time
 	running    bool
@@ -224,9 +226,9 @@ func (m *Machine) Step(ev Event) []Action {
 			}
 			return []Action{ActIgnore{What: "model fetch", Reason: fmt.Sprintf("v%d: %s (will retry)", v, e.Reason)}}
 		}
-		m.failed = v
+		m.failed, m.failedWhy, m.failedHash = v, e.Reason, e.Manifest.WeightsHash
 		acts := []Action{ActIgnore{What: "model", Reason: fmt.Sprintf("v%d: %s", v, e.Reason)}}
-		return m.fetchNext(acts)
+		return m.tryStart(m.fetchNext(acts), m.now)
 	case EvTask:
 		m.now = e.Now
 		return m.newTask(e.Task, e.Now)
@@ -277,6 +279,15 @@ func (m *Machine) tryStart(acts []Action, now time.Time) []Action {
 			m.running = true
 			return append(acts, ActRun{Task: m.task, Version: r.Version})
 		}
+	}
+	if len(m.failedHash) > 0 && bytes.Equal(m.failedHash, m.task.BaseModelHash) && m.fetching == 0 && m.next == nil {
+		// The version carrying the task's weights failed its checks and no
+		// other version is on its way: drop the task now (the status sent
+		// on a drop tells the coordinator) rather than at the deadline.
+		round := m.task.RoundId
+		m.task = nil
+		m.done = addDone(m.done, round)
+		return append(acts, ActDrop{Round: round, Reason: fmt.Sprintf("base model v%d failed its checks: %s", m.failed, m.failedWhy)})
 	}
 	if !now.IsZero() && now.After(m.deadline()) {
 		round, base := m.task.RoundId, m.task.BaseModelHash

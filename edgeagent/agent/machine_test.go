@@ -150,6 +150,21 @@ func TestMachine(t *testing.T) {
 			{EvTick{Now: t0.Add(11 * time.Minute)}, "drop 9"},
 			{EvTask{Task: train(9, 3), Now: t0}, "ignore task"},
 		}},
+		{name: "task whose base model fails its checks is dropped at once", models: v1, steps: []step{
+			{EvStart{Now: t0}, ""},
+			{EvTask{Task: train(8, 2), Now: t0}, "persist 8"},
+			{EvManifest{mf(2)}, "fetch v2"},
+			{EvModelFailed{Manifest: mf(2), Reason: "module imports something the host does not grant"}, "ignore model, drop 8"},
+			{EvTask{Task: train(8, 2), Now: t0}, "ignore task"},
+		}},
+		{name: "task for failed weights waits while a newer version is fetched", models: v1, steps: []step{
+			{EvStart{Now: t0}, ""},
+			{EvManifest{mf(2)}, "fetch v2"},
+			{EvManifest{mf(3)}, ""},
+			{EvModelFailed{Manifest: mf(2), Reason: "bad"}, "ignore model, fetch v3"},
+			{EvTask{Task: train(8, 2), Now: t0}, "persist 8"},
+			{EvModelInstalled{mf(3)}, "drop 8"},
+		}},
 		{name: "task deadline is used when set", models: v1, steps: []step{
 			{EvTask{Task: func() *fedgepb.RoundTask {
 				tk := train(9, 3)
