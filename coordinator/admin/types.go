@@ -132,6 +132,15 @@ type RunDoc struct {
 	FinishedUnixMs  int64   `json:"finished_unix_ms"`
 	// DP is present when the run has differential privacy.
 	DP *DPDoc `json:"dp,omitempty"`
+	// Secure is present when the run uses secure aggregation.
+	Secure *SecureDoc `json:"secure,omitempty"`
+}
+
+// SecureDoc is a secure aggregation run's settings (SecAgg+).
+type SecureDoc struct {
+	Threshold float64 `json:"threshold"` // Shamir threshold, fraction of a device's share holders
+	Degree    int     `json:"degree"`    // neighbours per device; 0 is the complete graph
+	ClipRange float64 `json:"clip_range"`
 }
 
 // DPDoc is a run's differential privacy: its settings and the privacy

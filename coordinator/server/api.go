@@ -393,8 +393,17 @@ func runDoc(r *store.Run) *admin.RunDoc {
 		Model: r.Config.GetModelId(), Strategy: r.Config.GetStrategy(), Rounds: r.Config.GetRounds(),
 		TargetAccuracy: r.Config.GetTargetAccuracy(), RoundsCommitted: r.RoundsCommitted, CurrentRound: r.CurrentRound,
 		ModelVersion: r.ModelVersion, LastAccuracy: r.LastAccuracy, HasAccuracy: r.HasAccuracy, Reason: r.Reason,
-		StartedUnixMs: r.StartedUnixMs, FinishedUnixMs: r.FinishedUnixMs, DP: dpDoc(r),
+		StartedUnixMs: r.StartedUnixMs, FinishedUnixMs: r.FinishedUnixMs, DP: dpDoc(r), Secure: secureDoc(r.Config),
 	}
+}
+
+// secureDoc reports a secure aggregation run's settings.
+func secureDoc(cfg *fedgepb.RunConfig) *admin.SecureDoc {
+	c := secureOf(cfg)
+	if c == nil {
+		return nil
+	}
+	return &admin.SecureDoc{Threshold: c.Threshold, Degree: c.Degree, ClipRange: c.ClipRange}
 }
 
 // dpDoc reports a DP run's settings and the ε its committed rounds spent;
