@@ -26,7 +26,7 @@ for dir in $dirs; do
         break
       fi
       # Go 1.26's fuzzing coordinator can report its own -fuzztime deadline
-      # as a failure when the machine is loaded (go.dev/issue/75804, fixed
+      # as a failure when the machine is loaded (Go issue 75804, fixed
       # in Go 1.27); no failing input is written then. Such a run is retried
       # once; a run that wrote a failing input is never retried.
       if grep -q 'Failing input written' "$work/log" || ! grep -q 'context deadline exceeded' "$work/log"; then
