@@ -1,14 +1,10 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"math"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -93,28 +89,10 @@ func TestDPStartRequest(t *testing.T) {
 func TestDPRobustHTTP400(t *testing.T) {
 	h := newHarness(t)
 	h.start()
-	handler, err := admin.NewHandler(h.srv, admin.Options{Token: "0123456789abcdef-token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(handler)
-	defer hs.Close()
 	r := dpReq(1, 1)
 	r.Strategy = "krum"
-	body, _ := json.Marshal(r)
-	req, err := http.NewRequest(http.MethodPost, hs.URL+"/v1/rounds", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer 0123456789abcdef-token")
-	resp, err := hs.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(msg), `strategy \"krum\"`) {
-		t.Fatalf("status %d, body %s; want 400 naming krum", resp.StatusCode, msg)
+	if code, msg := h.postStart(t, r); code != http.StatusBadRequest || !strings.Contains(msg, `strategy \"krum\"`) {
+		t.Fatalf("status %d, body %s; want 400 naming krum", code, msg)
 	}
 }
 

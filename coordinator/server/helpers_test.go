@@ -1,12 +1,18 @@
 package server
 
 import (
+	"bytes"
 	"crypto/ed25519"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport/memory"
 	"github.com/fedge-dev/fedge/internal/wire/wiretest"
@@ -53,4 +59,30 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, reason string) fl
 	}
 	t.Fatalf("metric %s not found", name)
 	return 0
+}
+
+// postStart sends a start request to the running coordinator through the
+// admin HTTP API and returns the status code and body.
+func (h *harness) postStart(t *testing.T, r admin.StartRequest) (int, string) {
+	t.Helper()
+	const token = "0123456789abcdef-token"
+	handler, err := admin.NewHandler(h.srv, admin.Options{Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(handler)
+	defer hs.Close()
+	body, _ := json.Marshal(r)
+	req, err := http.NewRequest(http.MethodPost, hs.URL+"/v1/rounds", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hs.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(msg)
 }
