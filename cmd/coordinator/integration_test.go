@@ -221,6 +221,32 @@ func (f *testFleet) status(t *testing.T) admin.StatusDoc {
 	return st
 }
 
+// train starts a run with `round start ARGS`, follows it with `round
+// watch` until it ends, and checks that it is done with rounds committed
+// rounds, each aggregating accepted updates and evaluated on the server.
+func (f *testFleet) train(t *testing.T, rounds, accepted int, args ...string) admin.StatusDoc {
+	t.Helper()
+	out := f.cli(t, append([]string{"round", "start"}, args...)...)
+	watch := f.cli(t, "round", "watch", "--interval", "250ms")
+	st := f.status(t)
+	if st.Run == nil || st.Run.State != "done" || len(st.History) != rounds {
+		t.Fatalf("status %+v", st)
+	}
+	if !strings.Contains(out, fmt.Sprintf("run %d started", st.Run.RunID)) {
+		t.Fatalf("round start: %s", out)
+	}
+	if !strings.Contains(watch, fmt.Sprintf("run %d done", st.Run.RunID)) {
+		t.Fatalf("round watch:\n%s", watch)
+	}
+	for _, h := range st.History {
+		t.Logf("%s round %d: version %d, %d/%d updates, test accuracy %.4f", st.Run.Model, h.RoundID, h.ModelVersion, h.Accepted, h.Selected, h.ServerAccuracy)
+		if h.Failed || int(h.Accepted) != accepted || !h.HasServerEval {
+			t.Fatalf("round %+v", h)
+		}
+	}
+	return st
+}
+
 func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, res *admin.AddDeviceResult) []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -228,25 +254,11 @@ func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, re
 	f.addAgents(t, ctx, agents, agentBroker)
 	start := f.start
 	runStart := time.Now()
-	out := f.cli(t, "round", "start", "--model", "mlp", "--rounds", "5", "--min-clients", "10",
+	st := f.train(t, 5, agents, "--model", "mlp", "--rounds", "5", "--min-clients", "10",
 		"--server-eval", "--lr", "0.1", "--deadline", "3m")
-	if !strings.Contains(out, "run 1 started") {
-		t.Fatalf("round start: %s", out)
-	}
-	watch := f.cli(t, "round", "watch", "--interval", "250ms")
-	if !strings.Contains(watch, "run 1 done") {
-		t.Fatalf("round watch:\n%s", watch)
-	}
-	st := f.status(t)
-	if st.Run == nil || st.Run.State != "done" || len(st.History) != 5 {
-		t.Fatalf("status %+v", st)
-	}
 	prev := 0.0
 	for _, h := range st.History {
-		t.Logf("round %d: version %d, %d/%d updates, test accuracy %.4f, train loss %.4f", h.RoundID, h.ModelVersion, h.Accepted, h.Selected, h.ServerAccuracy, h.TrainLoss)
-		if h.Failed || !h.HasServerEval || h.Accepted != agents {
-			t.Fatalf("round %+v", h)
-		}
+		t.Logf("round %d: train loss %.4f", h.RoundID, h.TrainLoss)
 		if h.ServerAccuracy <= prev {
 			t.Fatalf("accuracy did not rise in round %d: %.4f after %.4f", h.RoundID, h.ServerAccuracy, prev)
 		}

@@ -24,17 +24,10 @@ func TestSecureRoundProcesses(t *testing.T) {
 	f.addAgents(t, ctx, n, func(id string, res *admin.AddDeviceResult) []string {
 		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
 	})
-	out := f.cli(t, "round", "start", "--model", "logreg", "--rounds", "2", "--min-clients", "4",
+	st := f.train(t, 2, n, "--model", "logreg", "--rounds", "2", "--min-clients", "4",
 		"--server-eval", "--lr", "0.05", "--batch-size", "10", "--deadline", "2m", "--secure")
-	if !strings.Contains(out, "started") {
-		t.Fatalf("round start: %s", out)
-	}
-	if w := f.cli(t, "round", "watch", "--interval", "250ms"); !strings.Contains(w, "done") {
-		t.Fatalf("round watch:\n%s", w)
-	}
-	st := f.status(t)
-	if st.Run == nil || st.Run.State != "done" || len(st.History) != 2 || st.Run.Secure == nil || st.Run.Secure.Threshold != 0.6 {
-		t.Fatalf("status %+v", st)
+	if st.Run.Secure == nil || st.Run.Secure.Threshold != 0.6 {
+		t.Fatalf("run %+v is not reported secure with the default threshold", st.Run)
 	}
 	logb, err := os.ReadFile(filepath.Join(f.dir, "coordinator.log"))
 	if err != nil {
@@ -42,12 +35,6 @@ func TestSecureRoundProcesses(t *testing.T) {
 	}
 	if n := strings.Count(string(logb), "secure round started"); n != 2 {
 		t.Fatalf("coordinator log has %d secure round starts, want 2", n)
-	}
-	for _, h := range st.History {
-		t.Logf("secure round %d: version %d, %d/%d masked inputs, test accuracy %.4f", h.RoundID, h.ModelVersion, h.Accepted, h.Selected, h.ServerAccuracy)
-		if h.Failed || h.Accepted != n || !h.HasServerEval {
-			t.Fatalf("round %+v", h)
-		}
 	}
 	if a := st.History[1].ServerAccuracy; a < 0.85 {
 		t.Fatalf("test accuracy %.4f after 2 secure rounds, want at least 0.85", a)
