@@ -201,34 +201,18 @@ func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, err
 	if b := opts.Baseline; b != "" && b != sc.Strategy.Name {
 		bsc := *sc
 		bsc.Strategy.Name = b
-		bopts := opts
-		bopts.Baseline, bopts.Out = "", filepath.Join(opts.Out, "baseline-"+b)
-		if bopts.MNIST == nil && sc.Dataset == "mnist" {
-			sets, err := LoadMNIST(opts.MNISTDir)
-			if err != nil {
-				return nil, err
-			}
-			bopts.MNIST, opts.MNIST = sets, sets
+		if baseline, err = runBaseline(ctx, &bsc, &opts, b); err != nil {
+			return nil, err
 		}
-		if err := bsc.Validate(); err != nil {
-			return nil, fmt.Errorf("fleet: baseline: %w", err)
-		}
-		res, err := Run(ctx, &bsc, bopts)
-		if err != nil {
-			return nil, fmt.Errorf("fleet: baseline %s: %w", b, err)
-		}
-		baseline = &res.Summary
 	}
 	var plain *report.Summary
 	if sc.Secure.Enabled {
-		if opts.MNIST == nil && sc.Dataset == "mnist" {
-			sets, err := LoadMNIST(opts.MNISTDir)
-			if err != nil {
-				return nil, err
-			}
-			opts.MNIST = sets
-		}
-		if plain, err = runPlainBaseline(ctx, sc, opts); err != nil {
+		// The same scenario without secure aggregation: same seed, rounds
+		// and dropping devices.
+		bsc := *sc
+		bsc.Secure.Enabled = false
+		bsc.Name = sc.Name + "-plain"
+		if plain, err = runBaseline(ctx, &bsc, &opts, "plain"); err != nil {
 			return nil, err
 		}
 	}
@@ -426,6 +410,29 @@ func dpRequest(sc *scenario.Scenario, req *admin.StartRequest) {
 	req.DPNoiseMultiplier, req.DPClip, req.DPDelta = sc.Strategy.DPNoise, sc.Strategy.DPClip, sc.Strategy.DPDelta
 	h := sha256.Sum256(fmt.Appendf(nil, "fleetsim dp noise %d", sc.Seed))
 	req.DPNoiseSeed = binary.LittleEndian.Uint64(h[:8]) | 1
+}
+
+// runBaseline runs bsc, a variant of the scenario in opts, into
+// OUT/baseline-NAME, loading MNIST into opts first so that the run after
+// it shares the data.
+func runBaseline(ctx context.Context, bsc *scenario.Scenario, opts *Options, name string) (*report.Summary, error) {
+	if opts.MNIST == nil && bsc.Dataset == "mnist" {
+		sets, err := LoadMNIST(opts.MNISTDir)
+		if err != nil {
+			return nil, err
+		}
+		opts.MNIST = sets
+	}
+	if err := bsc.Validate(); err != nil {
+		return nil, fmt.Errorf("fleet: baseline %s: %w", name, err)
+	}
+	bopts := *opts
+	bopts.Baseline, bopts.Out = "", filepath.Join(opts.Out, "baseline-"+name)
+	res, err := Run(ctx, bsc, bopts)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: baseline %s: %w", name, err)
+	}
+	return &res.Summary, nil
 }
 
 func writeJSON(dir, name string, v any) error {

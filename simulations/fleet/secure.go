@@ -2,10 +2,6 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/fedge-dev/fedge/coordinator/admin"
@@ -193,24 +189,6 @@ func (f *Fleet) untask(dev int) {
 	}
 }
 
-// runPlainBaseline runs sc without secure aggregation (same seed, rounds
-// and dropouts) into Out/baseline-plain.
-func runPlainBaseline(ctx context.Context, sc *scenario.Scenario, opts Options) (*report.Summary, error) {
-	bsc := *sc
-	bsc.Secure.Enabled = false
-	bsc.Name = sc.Name + "-plain"
-	bopts := opts
-	bopts.Baseline, bopts.Out = "", filepath.Join(opts.Out, "baseline-plain")
-	if err := bsc.Validate(); err != nil {
-		return nil, fmt.Errorf("fleet: plain baseline: %w", err)
-	}
-	res, err := Run(ctx, &bsc, bopts)
-	if err != nil {
-		return nil, fmt.Errorf("fleet: plain baseline: %w", err)
-	}
-	return &res.Summary, nil
-}
-
 // SecureSummary is summary.json of a secure scenario: the run's summary,
 // its plain baseline's final accuracy and the difference.
 type SecureSummary struct {
@@ -232,12 +210,5 @@ type SecureSettings struct {
 func writeSecureSummary(dir string, sc *scenario.Scenario, sum report.Summary, plain *report.Summary) error {
 	s := SecureSummary{Summary: sum, Secure: SecureSettings{Threshold: sc.Secure.Threshold, Degree: sc.Secure.Degree, ClipRange: sc.Secure.ClipRange}, BaselineFinalAccuracy: plain.FinalAccuracy,
 		SecureMinusPlain: sum.FinalAccuracy - plain.FinalAccuracy}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return fmt.Errorf("fleet: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "summary.json"), append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("fleet: %w", err)
-	}
-	return nil
+	return writeJSON(dir, "summary.json", s)
 }
