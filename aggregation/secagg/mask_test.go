@@ -6,45 +6,70 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 )
 
 // BenchmarkApplyMask measures one mask expansion and subtraction over a
 // 100k-coordinate vector, the server's cost per survivor for its self mask
-// when masks are applied one by one.
+// when masks are applied one by one, on the VAES kernel (where the CPU has
+// it) and on the standard library's AES-CTR in the same run.
 func BenchmarkApplyMask(b *testing.B) {
-	acc := make([]uint32, 100000)
-	var seed [32]byte
-	b.SetBytes(int64(4 * len(acc)))
-	runtime.LockOSThread() // for threadCPU
-	defer runtime.UnlockOSThread()
-	t0 := threadCPU()
-	for b.Loop() {
-		seed[0]++
-		applyMask(acc, seed, domainSelfMask, -1)
-	}
-	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "us/mask")
-	b.ReportMetric(float64((threadCPU()-t0).Microseconds())/float64(b.N), "cpu-us/mask")
+	benchMaskPaths(b, func(b *testing.B) {
+		acc := make([]uint32, 100000)
+		var seed [32]byte
+		b.SetBytes(int64(4 * len(acc)))
+		t0 := threadCPU()
+		for b.Loop() {
+			seed[0]++
+			applyMask(acc, seed, domainSelfMask, -1)
+		}
+		reportPerMask(b, t0, 1)
+	})
 }
 
 // BenchmarkApplyMasks4 is BenchmarkApplyMask for four masks applied in one
 // batch (applyMasks), reported per mask.
 func BenchmarkApplyMasks4(b *testing.B) {
-	acc := make([]uint32, 100000)
-	jobs := make([]maskJob, 4)
-	b.SetBytes(int64(4 * len(acc) * len(jobs)))
-	runtime.LockOSThread() // for threadCPU
-	defer runtime.UnlockOSThread()
-	t0 := threadCPU()
-	for b.Loop() {
-		for j := range jobs {
-			jobs[j].seed[0]++
-			jobs[j].seed[1] = byte(j)
-			jobs[j].d, jobs[j].neg = domainSelfMask, true
+	benchMaskPaths(b, func(b *testing.B) {
+		acc := make([]uint32, 100000)
+		jobs := make([]maskJob, 4)
+		b.SetBytes(int64(4 * len(acc) * len(jobs)))
+		t0 := threadCPU()
+		for b.Loop() {
+			for j := range jobs {
+				jobs[j].seed[0]++
+				jobs[j].seed[1] = byte(j)
+				jobs[j].d, jobs[j].neg = domainSelfMask, true
+			}
+			applyMasks(acc, jobs)
 		}
-		applyMasks(acc, jobs)
+		reportPerMask(b, t0, len(jobs))
+	})
+}
+
+// benchMaskPaths runs bench as path=vaes (when the CPU has VAES) and
+// path=stdlib, locked to its thread for threadCPU.
+func benchMaskPaths(b *testing.B, bench func(*testing.B)) {
+	for _, vaes := range []bool{true, false} {
+		if vaes && !haveVAES {
+			continue
+		}
+		name := map[bool]string{true: "path=vaes", false: "path=stdlib"}[vaes]
+		b.Run(name, func(b *testing.B) {
+			old := useVAES
+			useVAES = vaes
+			defer func() { useVAES = old }()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			bench(b)
+		})
 	}
-	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(jobs)), "us/mask")
-	b.ReportMetric(float64((threadCPU()-t0).Microseconds())/float64(b.N*len(jobs)), "cpu-us/mask")
+}
+
+func reportPerMask(b *testing.B, cpu0 time.Duration, masks int) {
+	n := float64(b.N * masks)
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/n, "us/mask")
+	b.ReportMetric(float64((threadCPU()-cpu0).Microseconds())/n, "cpu-us/mask")
 }
 
 // BenchmarkAddLE measures folding one 100k-coordinate masked input into the sum.
