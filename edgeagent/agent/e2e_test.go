@@ -31,7 +31,7 @@ func referenceDelta(t *testing.T, host *runtime.Host, wasm, weights []byte, task
 	must(t, err)
 	must(t, in.SetParams(ctx, global))
 	_, err = in.TrainEpochs(ctx, src, runtime.TrainConfig{Epochs: int(task.Train.Epochs), BatchSize: int(task.Train.BatchSize),
-		LR: task.Train.LearningRate, Seed: task.Train.Seed, Global: global})
+		LR: task.Train.LearningRate, Seed: shuffleSeed(task.Train.Seed, task.RoundId), Global: global})
 	must(t, err)
 	local, err := in.Params(ctx)
 	must(t, err)

@@ -171,7 +171,7 @@ func (r *taskRunner) trainDelta(ctx context.Context, t *fedgepb.RoundTask, m Mod
 	}
 	st, err := in.TrainEpochs(ctx, src, runtime.TrainConfig{
 		Epochs: int(tc.Epochs), BatchSize: int(tc.BatchSize), LR: tc.LearningRate,
-		Mu: tc.ProximalMu, Global: global, Seed: tc.Seed,
+		Mu: tc.ProximalMu, Global: global, Seed: shuffleSeed(tc.Seed, t.RoundId),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("train round %d: %w", t.RoundId, err)
@@ -260,3 +260,10 @@ func encodeDelta(tc *fedgepb.TrainConfig, round uint64, delta []float32) ([]byte
 
 // runtimeOptions are the instance options used to inspect a module.
 func runtimeOptions() runtime.Options { return runtime.Options{MaxBatch: 1} }
+
+// shuffleSeed is the seed of a round's local shuffles. The task carries the
+// run's seed, the same every round; mixing in the round gives every round
+// fresh mini-batch orders (as SGD expects) while a run stays reproducible.
+func shuffleSeed(runSeed, round uint64) uint64 {
+	return rand.New(rand.NewPCG(runSeed^0x73687566666c6531, round)).Uint64() // "shuffle1"
+}

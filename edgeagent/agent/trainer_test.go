@@ -128,3 +128,17 @@ func TestDataSpecLoadMNISTPartition(t *testing.T) {
 		}
 	}
 }
+
+func TestShuffleSeedDiffersPerRound(t *testing.T) {
+	seen := map[uint64]uint64{}
+	for round := range uint64(1000) {
+		s := shuffleSeed(42, round)
+		if prev, ok := seen[s]; ok {
+			t.Fatalf("rounds %d and %d shuffle with the same seed", prev, round)
+		}
+		seen[s] = round
+	}
+	if shuffleSeed(42, 3) != shuffleSeed(42, 3) || shuffleSeed(42, 3) == shuffleSeed(43, 3) {
+		t.Fatal("the shuffle seed must be a function of the run's seed and the round")
+	}
+}
