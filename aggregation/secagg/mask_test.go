@@ -54,11 +54,12 @@ func benchMaskPaths(b *testing.B, bench func(*testing.B)) {
 		if vaes && !haveVAES {
 			continue
 		}
-		name := map[bool]string{true: "path=vaes", false: "path=stdlib"}[vaes]
+		name := "path=stdlib"
+		if vaes {
+			name = "path=vaes"
+		}
 		b.Run(name, func(b *testing.B) {
-			old := useVAES
-			useVAES = vaes
-			defer func() { useVAES = old }()
+			setVAES(b, vaes)
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			bench(b)

@@ -30,13 +30,17 @@ type prg struct {
 	zero   [8]byte
 }
 
-func newPRG(seed [32]byte, d domain) *prg {
+func newPRG(seed [32]byte, d domain) *prg { return newPRGAt(seed, d, 0) }
+
+// newPRGAt is newPRG positioned at keystream block blk (byte 16*blk).
+func newPRGAt(seed [32]byte, d domain, blk uint64) *prg {
 	block, err := aes.NewCipher(seed[:])
 	if err != nil {
 		panic("secagg: aes-256 with a 32-byte key: " + err.Error()) // cannot happen
 	}
 	var iv [aes.BlockSize]byte
 	copy(iv[:8], d[:])
+	binary.BigEndian.PutUint64(iv[8:], blk)
 	return &prg{stream: cipher.NewCTR(block, iv[:])}
 }
 

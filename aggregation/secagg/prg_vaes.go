@@ -1,7 +1,6 @@
 package secagg
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
 )
@@ -46,7 +45,8 @@ func newVAESKey(seed [32]byte) *vaesKey {
 // applyMasksVAES is applyMasks on the VAES kernel: the sum is walked in
 // vaesChunk slices, each receiving every mask, so acc moves through memory
 // once whatever the number of masks. The last len(acc) mod 64 coordinates
-// come from the standard library's AES-CTR started at the right block.
+// go through the portable path (applyGroup), its PRG started at the right
+// block.
 func applyMasksVAES(acc []uint32, jobs []maskJob) {
 	keys := make([]*vaesKey, len(jobs))
 	for i := range jobs {
@@ -62,28 +62,16 @@ func applyMasksVAES(acc []uint32, jobs []maskJob) {
 			binary.LittleEndian.PutUint64(ctr[8:16], blk)
 			copy(ctr[16:24], jobs[i].d[:])
 			binary.LittleEndian.PutUint64(ctr[24:32], blk+1)
-			ctrMaskVAES((*[15][32]byte)(keys[i]), &ctr, &acc[off], (end-off)/vaesStep, jobs[i].neg)
+			ctrMaskVAES(keys[i], &ctr, &acc[off], (end-off)/vaesStep, jobs[i].neg)
 		}
 	}
 	if bulk == len(acc) {
 		return
 	}
-	tail := acc[bulk:]
-	buf := make([]byte, 4*len(tail))
+	bufs := maskBufPool.Get().(*maskBufs)
+	defer maskBufPool.Put(bufs)
 	for i := range jobs {
-		block, err := aes.NewCipher(jobs[i].seed[:])
-		if err != nil {
-			panic("secagg: aes-256 with a 32-byte key: " + err.Error()) // cannot happen
-		}
-		var iv [aes.BlockSize]byte
-		copy(iv[:8], jobs[i].d[:])
-		binary.BigEndian.PutUint64(iv[8:], uint64(bulk/4))
-		clear(buf)
-		cipher.NewCTR(block, iv[:]).XORKeyStream(buf, buf)
-		if jobs[i].neg {
-			subLE(tail, buf)
-		} else {
-			addLE(tail, buf)
-		}
+		st := newPRGAt(jobs[i].seed, jobs[i].d, uint64(bulk/4)).stream
+		applyGroup(acc[bulk:], []cipher.Stream{st}, jobs[i].neg, bufs)
 	}
 }

@@ -18,4 +18,4 @@ func expandKey256AESNI(key *[32]byte, rk *[15][16]byte)
 // read as little-endian uint32s, to acc[0:64n]; see prg_vaes_amd64.s.
 //
 //go:noescape
-func ctrMaskVAES(rk *[15][32]byte, ctr *[32]byte, acc *uint32, n int, sub bool)
+func ctrMaskVAES(rk *vaesKey, ctr *[32]byte, acc *uint32, n int, sub bool)

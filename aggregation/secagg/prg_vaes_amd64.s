@@ -91,7 +91,7 @@ GLOBL ctrInc<>(SB), RODATA|NOPTR, $32
 	VPSUBD  y, Y8, Y8; \
 	VMOVDQU Y8, off(DI)
 
-// func ctrMaskVAES(rk *[15][32]byte, ctr *[32]byte, acc *uint32, n int, sub bool)
+// func ctrMaskVAES(rk *vaesKey, ctr *[32]byte, acc *uint32, n int, sub bool)
 //
 // Adds (or, if sub, subtracts) n*256 bytes of AES-256-CTR keystream, read as
 // little-endian uint32s, to acc[0:64n]. rk holds each round key twice (one

@@ -45,7 +45,8 @@ func TestVAESMatchesPortable(t *testing.T) {
 	}
 }
 
-func setVAES(t *testing.T, on bool) {
+// setVAES selects the mask path until the end of the test or benchmark.
+func setVAES(t testing.TB, on bool) {
 	old := useVAES
 	useVAES = on
 	t.Cleanup(func() { useVAES = old })
