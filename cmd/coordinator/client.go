@@ -324,6 +324,9 @@ func printStatus(w io.Writer, st *admin.StatusDoc) {
 	}
 	if rd := st.Round; rd != nil {
 		fmt.Fprintf(w, "round %d: %s, %d/%d updates", rd.RoundID, rd.Phase, rd.Accepted, rd.Selected)
+		if rd.Dropped > 0 {
+			fmt.Fprintf(w, ", %d dropped", rd.Dropped)
+		}
 		if rd.DeadlineUnixMs > 0 {
 			left := time.Duration(rd.DeadlineUnixMs-st.NowUnixMs) * time.Millisecond
 			fmt.Fprintf(w, ", deadline in %v", left.Round(time.Second))
@@ -335,7 +338,11 @@ func printStatus(w io.Writer, st *admin.StatusDoc) {
 		if h.Failed {
 			state = "failed"
 		}
-		fmt.Fprintf(w, "  round %d: %s, version %d, %d/%d updates, accuracy %.4f, train loss %.4f\n", h.RoundID, state, h.ModelVersion, h.Accepted, h.Selected, h.Accuracy, h.TrainLoss)
+		dropped := ""
+		if h.Dropped > 0 {
+			dropped = fmt.Sprintf(" (%d dropped)", h.Dropped)
+		}
+		fmt.Fprintf(w, "  round %d: %s, version %d, %d/%d updates%s, accuracy %.4f, train loss %.4f\n", h.RoundID, state, h.ModelVersion, h.Accepted, h.Selected, dropped, h.Accuracy, h.TrainLoss)
 	}
 	if len(st.Rejections) > 0 {
 		fmt.Fprintf(w, "rejections: %v\n", st.Rejections)

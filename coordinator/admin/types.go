@@ -162,6 +162,7 @@ type RoundDoc struct {
 	Phase          string `json:"phase"` // waiting, training, evaluating, done, failed, aborted
 	Selected       int    `json:"selected"`
 	Accepted       int    `json:"accepted"`
+	Dropped        int    `json:"dropped"` // selected devices that gave up their task
 	DeadlineUnixMs int64  `json:"deadline_unix_ms"`
 }
 
@@ -173,6 +174,7 @@ type HistoryEntry struct {
 	Selected       uint32            `json:"selected"`
 	Accepted       uint32            `json:"accepted"`
 	Late           uint32            `json:"late"`
+	Dropped        uint32            `json:"dropped"`
 	TrainLoss      float64           `json:"train_loss"`
 	TrainAccuracy  float64           `json:"train_accuracy"`
 	EvalLoss       float64           `json:"eval_loss"`

@@ -38,6 +38,7 @@ func (m *Machine) closeTraining() {
 		Metrics: &fedgepb.RoundMetrics{
 			RunId: m.run.RunId, RoundId: r.rec.RoundId, Selected: uint32(len(r.rec.Selected)),
 			Accepted: uint32(len(r.order)), TrainLoss: loss, TrainAccuracy: acc, TrainSamples: r.train.samples,
+			Dropped: uint32(len(r.rec.DroppedDevices)),
 		},
 	}
 	mv.WeightsHash = hashBytes(mv.Weights)
@@ -131,6 +132,7 @@ func (m *Machine) metrics() *store.Metrics {
 	met := &store.Metrics{
 		RunId: m.run.RunId, RoundId: r.rec.RoundId, ModelVersion: r.rec.NewVersion,
 		Selected: uint32(len(r.rec.Selected)), Accepted: uint32(len(r.order)), Late: uint32(len(r.rec.LateDevices)),
+		Dropped:    uint32(len(r.rec.DroppedDevices)),
 		Rejections: r.rec.Rejections, TrainLoss: loss, TrainAccuracy: acc, TrainSamples: r.train.samples,
 		HasServerEval: r.rec.HasServerEval, ServerLoss: r.rec.ServerLoss, ServerAccuracy: r.rec.ServerAccuracy,
 		DurationMs: m.now - r.rec.StartedUnixMs, UnixMs: m.now,

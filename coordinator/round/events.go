@@ -36,6 +36,16 @@ type DeviceOnline struct {
 // DeviceOffline reports a device gone (its last will).
 type DeviceOffline struct{ Device string }
 
+// DeviceDropped reports that a device gave up its task of round RoundID
+// (its signed Status DROPPED). A selected device of the round in training
+// that has not reported counts as dropped; once every selected device has
+// reported or dropped, training closes without waiting for the deadline.
+type DeviceDropped struct {
+	Device  string
+	RoundID uint64
+	Reason  string
+}
+
 // UpdateReceived is an update whose envelope the driver has verified: the
 // signature is the enrolled key of Update.DeviceId and the sender is that
 // device. A delta sent as a blob is reassembled into Update.EncodedDelta.
@@ -83,6 +93,7 @@ func (StartRun) isEvent()           {}
 func (Stop) isEvent()               {}
 func (DeviceOnline) isEvent()       {}
 func (DeviceOffline) isEvent()      {}
+func (DeviceDropped) isEvent()      {}
 func (UpdateReceived) isEvent()     {}
 func (UpdateRefused) isEvent()      {}
 func (EvalResultReceived) isEvent() {}

@@ -71,6 +71,8 @@ func FormatEvent(ev Event) string {
 		return fmt.Sprintf("online %s %s", e.Device, FormatProto(e.Caps))
 	case DeviceOffline:
 		return "offline " + e.Device
+	case DeviceDropped:
+		return fmt.Sprintf("dropped %s round=%d reason=%s", e.Device, e.RoundID, strconv.Quote(e.Reason))
 	case UpdateReceived:
 		return fmt.Sprintf("update msg=%s %s", formatBytes(e.MessageID), FormatProto(e.Update))
 	case UpdateRefused:

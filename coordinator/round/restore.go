@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -204,7 +205,7 @@ func (m *Machine) restoreTraining(updates []*store.Update) error {
 	for _, s := range r.rec.Selected {
 		if msgID, done := r.accepted[s.DeviceId]; done {
 			m.ack(s.DeviceId, r.rec.RoundId, msgID, true, "")
-		} else {
+		} else if !slices.Contains(r.rec.DroppedDevices, s.DeviceId) {
 			m.sendTask(s, fedgepb.TaskKind_TASK_KIND_TRAIN)
 		}
 	}
@@ -215,7 +216,7 @@ func (m *Machine) restoreTraining(updates []*store.Update) error {
 type Status struct {
 	RunID, RoundID, ModelVersion uint64
 	Phase                        fedgepb.RoundPhase
-	Selected, Accepted           int
+	Selected, Accepted, Dropped  int
 	DeadlineUnixMs               int64
 	NowUnixMs                    int64
 }
@@ -231,6 +232,7 @@ func (m *Machine) Status() Status {
 	}
 	s.RunID, s.RoundID, s.Phase = m.run.RunId, m.round.rec.RoundId, m.round.rec.Phase
 	s.Selected, s.Accepted = len(m.round.rec.Selected), len(m.round.order)
+	s.Dropped = len(m.round.rec.DroppedDevices)
 	s.DeadlineUnixMs = m.round.rec.DeadlineUnixMs
 	if s.Phase == fedgepb.RoundPhase_ROUND_PHASE_EVALUATING {
 		s.DeadlineUnixMs = m.round.rec.EvalDeadlineUnixMs

@@ -181,6 +181,8 @@ func (m *Machine) Step(ev Event) error {
 	case DeviceOffline:
 		delete(m.online, e.Device)
 		return nil
+	case DeviceDropped:
+		return m.deviceDropped(e)
 	case UpdateReceived:
 		return m.updateReceived(e)
 	case UpdateRefused:

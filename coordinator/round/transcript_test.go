@@ -2,10 +2,12 @@ package round
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +26,7 @@ var scenarios = []struct {
 }{
 	{"normal_round", scenarioNormal},
 	{"straggler", scenarioStraggler},
+	{"dropped", scenarioDropped},
 	{"replay", scenarioReplay},
 	{"stale_base", scenarioStaleBase},
 	{"quorum_not_met", scenarioQuorumNotMet},
@@ -153,6 +156,69 @@ func scenarioStraggler(h *harness) {
 	h.expect(h.counter(ReasonLate) == 1, "late counter %d, want 1", h.counter(ReasonLate))
 	v2, _ := h.st.ModelVersion(t0, 2)
 	h.expect(v2.GetParticipants() == 2, "version 2 has %d participants, want 2", v2.GetParticipants())
+}
+
+// scenarioDropped: devices that give up their task are not waited for.
+// Round 1 commits as soon as the two others have reported, surviving a
+// restart in between; round 2 fails at once when two of three drop (quorum
+// 2); in round 3 a device drops and then reports, and is counted once.
+// Drops from devices not selected, for another round, repeated, or from a
+// device that reported are ignored.
+func scenarioDropped(h *harness) {
+	h.mustStep(Tick{NowUnixMs: 0})
+	fiveDevices(h)
+	cfg := runConfig()
+	cfg.Fraction, cfg.MaxClients, cfg.Rounds = 1, 3, 3
+	h.mustStep(StartRun{RunID: 1, Config: cfg, Base: initialModel()})
+	sel := h.selected(1)
+	var outsider string
+	for _, id := range []string{"dev-a", "dev-b", "dev-c", "dev-d", "dev-e"} {
+		if !slices.Contains(sel, id) {
+			outsider = id
+		}
+	}
+	h.mustStep(Tick{NowUnixMs: 1_000})
+	h.mustStep(DeviceDropped{Device: sel[2], RoundID: 1, Reason: "base model v1 failed its checks"})
+	h.mustStep(DeviceDropped{Device: sel[2], RoundID: 1, Reason: "again"})
+	h.mustStep(DeviceDropped{Device: outsider, RoundID: 1, Reason: "not selected"})
+	h.mustStep(DeviceDropped{Device: sel[1], RoundID: 2, Reason: "another round"})
+	h.mustStep(h.train(sel[0]))
+	h.mustStep(DeviceDropped{Device: sel[0], RoundID: 1, Reason: "after reporting"})
+	h.restart()
+	h.expect(h.m.Status().Phase == fedgepb.RoundPhase_ROUND_PHASE_TRAINING, "round 1 closed before its last device reported")
+	h.mustStep(h.train(sel[1]))
+	r1, _ := h.st.Round(t0, 1)
+	h.expect(r1.GetPhase() == fedgepb.RoundPhase_ROUND_PHASE_DONE && r1.GetClosedUnixMs() == 1_000,
+		"round 1 %v closed at %d, want done at 1000 (before its deadline)", r1.GetPhase(), r1.GetClosedUnixMs())
+	h.expect(slices.Equal(r1.GetDroppedDevices(), []string{sel[2]}) && len(r1.GetParticipants()) == 2, "round 1: %v", r1)
+	v2, _ := h.st.ModelVersion(t0, 2)
+	h.expect(v2.GetMetrics().GetDropped() == 1, "version 2 metrics %v, want 1 dropped", v2.GetMetrics())
+
+	sel2 := h.selected(2)
+	h.mustStep(Tick{NowUnixMs: 2_000})
+	h.mustStep(h.train(sel2[0]))
+	h.mustStep(DeviceDropped{Device: sel2[1], RoundID: 2, Reason: "battery low"})
+	h.mustStep(DeviceDropped{Device: sel2[2], RoundID: 2, Reason: "battery low"})
+	r2, _ := h.st.Round(t0, 2)
+	h.expect(r2.GetPhase() == fedgepb.RoundPhase_ROUND_PHASE_FAILED && r2.GetClosedUnixMs() == 2_000,
+		"round 2 %v closed at %d, want failed at 2000", r2.GetPhase(), r2.GetClosedUnixMs())
+	h.expect(h.m.Status().RoundID == 3, "round 3 not started after round 2 failed: %+v", h.m.Status())
+	// A device that said it dropped and reports after all is counted once:
+	// the round still waits for its third device.
+	sel3 := h.selected(3)
+	h.mustStep(DeviceDropped{Device: sel3[0], RoundID: 3, Reason: "retrying"})
+	h.mustStep(h.train(sel3[0]))
+	h.mustStep(h.train(sel3[1]))
+	h.expect(h.m.Status().Phase == fedgepb.RoundPhase_ROUND_PHASE_TRAINING, "round 3 closed with its third device awaited")
+	h.mustStep(h.train(sel3[2]))
+	r3, _ := h.st.Round(t0, 3)
+	h.expect(r3.GetPhase() == fedgepb.RoundPhase_ROUND_PHASE_DONE && len(r3.GetDroppedDevices()) == 0, "round 3: %v", r3)
+	if err := h.step(DeviceDropped{Device: "a/b", RoundID: 3}); !errors.Is(err, ErrInvalidEvent) {
+		h.t.Errorf("drop with a bad device id: %v, want ErrInvalidEvent", err)
+	}
+	if err := h.step(DeviceDropped{Device: sel[0]}); !errors.Is(err, ErrInvalidEvent) {
+		h.t.Errorf("drop of round 0: %v, want ErrInvalidEvent", err)
+	}
 }
 
 // scenarioReplay: a redelivered update is acked again but not counted; an

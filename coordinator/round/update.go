@@ -100,9 +100,48 @@ func (m *Machine) trainUpdate(e UpdateReceived) error {
 	m.ready.Batch.Updates = append(m.ready.Batch.Updates, rec)
 	m.accept(rec)
 	m.ack(u.DeviceId, u.RoundId, e.MessageID, true, "")
-	if d, ok := r.agg.(Deferred); len(r.order) == len(r.rec.Selected) && !(ok && d.Deferred()) {
+	// A device that said it dropped and then reported after all counts as
+	// reporting.
+	r.rec.DroppedDevices = slices.DeleteFunc(r.rec.DroppedDevices, func(d string) bool { return d == u.DeviceId })
+	m.closeIfComplete()
+	return nil
+}
+
+// closeIfComplete closes training once every selected device has reported
+// or dropped, unless the aggregator defers closing to its driver (secure
+// aggregation, whose protocol decides when the sum is ready).
+func (m *Machine) closeIfComplete() {
+	r := m.round
+	if d, ok := r.agg.(Deferred); ok && d.Deferred() {
+		return
+	}
+	if len(r.order)+len(r.rec.DroppedDevices) >= len(r.rec.Selected) {
 		m.closeTraining()
 	}
+}
+
+// deviceDropped records that a selected device of the round in training
+// gave up its task, and closes training if no other device is awaited.
+func (m *Machine) deviceDropped(e DeviceDropped) error {
+	if err := topics.ValidateID(e.Device); err != nil {
+		return fmt.Errorf("%w: device dropped: %v", ErrInvalidEvent, err)
+	}
+	if e.RoundID == 0 {
+		return fmt.Errorf("%w: device %s dropped round 0", ErrInvalidEvent, e.Device)
+	}
+	r := m.round
+	if m.run == nil || r == nil || r.rec.RoundId != e.RoundID || r.rec.Phase != fedgepb.RoundPhase_ROUND_PHASE_TRAINING {
+		return nil // another round, or closed already: nothing is awaited
+	}
+	if _, selected := r.nonces[e.Device]; !selected {
+		return nil
+	}
+	if _, reported := r.accepted[e.Device]; reported || slices.Contains(r.rec.DroppedDevices, e.Device) {
+		return nil
+	}
+	r.rec.DroppedDevices = append(r.rec.DroppedDevices, e.Device)
+	m.persistRound(r.rec)
+	m.closeIfComplete()
 	return nil
 }
 

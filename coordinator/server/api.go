@@ -357,7 +357,7 @@ func (s *Server) Status(ctx context.Context) (*admin.StatusDoc, error) {
 	doc.Run = runDoc(run)
 	if st.RunID != 0 {
 		doc.Round = &admin.RoundDoc{RoundID: st.RoundID, Phase: phaseName(st.Phase), Selected: st.Selected,
-			Accepted: st.Accepted, DeadlineUnixMs: st.DeadlineUnixMs}
+			Accepted: st.Accepted, Dropped: st.Dropped, DeadlineUnixMs: st.DeadlineUnixMs}
 	}
 	mets, err := s.st.Metrics(ctx, runID)
 	if err != nil {
@@ -376,7 +376,7 @@ func historyEntry(m *store.Metrics) admin.HistoryEntry {
 	}
 	return admin.HistoryEntry{
 		RoundID: m.RoundId, ModelVersion: m.ModelVersion, Failed: m.Failed, Selected: m.Selected, Accepted: m.Accepted,
-		Late: m.Late, TrainLoss: m.TrainLoss, TrainAccuracy: m.TrainAccuracy, EvalLoss: m.EvalLoss,
+		Late: m.Late, Dropped: m.Dropped, TrainLoss: m.TrainLoss, TrainAccuracy: m.TrainAccuracy, EvalLoss: m.EvalLoss,
 		EvalAccuracy: m.EvalAccuracy, EvalSamples: m.EvalSamples, HasServerEval: m.HasServerEval,
 		ServerLoss: m.ServerLoss, ServerAccuracy: m.ServerAccuracy, Accuracy: Accuracy(m), DurationMs: m.DurationMs,
 		Rejections: rej,

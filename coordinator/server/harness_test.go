@@ -149,6 +149,21 @@ func (h *harness) approve(ids ...string) {
 	}
 }
 
+// online approves devices, starts the server, says hello from each and
+// waits until all are online.
+func (h *harness) online(ids ...string) []*agent {
+	h.t.Helper()
+	h.approve(ids...)
+	h.start()
+	out := make([]*agent, len(ids))
+	for i, id := range ids {
+		out[i] = h.agent(id)
+		out[i].hello(nil)
+	}
+	h.waitFor("online", func() bool { return h.status().DevicesOnline == len(ids) })
+	return out
+}
+
 // advance moves the virtual clock by d in one-second ticks, giving the
 // loop time to take each tick.
 func (h *harness) advance(d time.Duration) {

@@ -47,6 +47,9 @@ func (s *Server) handle(ctx context.Context, m transport.Message) error {
 		herr = s.presence(ctx, p.DeviceId, true, p.Capabilities)
 	case *fedgepb.Status:
 		herr = s.presence(ctx, p.DeviceId, p.State != fedgepb.DeviceState_DEVICE_STATE_OFFLINE, nil)
+		if herr == nil && p.State == fedgepb.DeviceState_DEVICE_STATE_DROPPED {
+			herr = s.dropped(ctx, p)
+		}
 	case *fedgepb.EnrollRequest:
 		herr = s.enroll(ctx, p)
 	case *fedgepb.Update:
@@ -85,6 +88,13 @@ func (s *Server) presence(ctx context.Context, id string, online bool, caps *fed
 	}
 	s.metrics.setOnline(len(s.online))
 	return s.step(ctx, ev)
+}
+
+// dropped tells the machine a device gave up its task of a round (the
+// envelope's checks bound the reason and require the round).
+func (s *Server) dropped(ctx context.Context, st *fedgepb.Status) error {
+	s.log.Info("device dropped its task", zap.String("device", st.DeviceId), zap.Uint64("round", st.RoundId), zap.String("reason", st.Reason))
+	return s.step(ctx, round.DeviceDropped{Device: st.DeviceId, RoundID: st.RoundId, Reason: st.Reason})
 }
 
 // enroll answers an enrollment request after persisting its outcome.

@@ -67,12 +67,8 @@ func TestRestartRecovery(t *testing.T) {
 
 func TestDeadlineQuorumAndLateUpdate(t *testing.T) {
 	h := newHarness(t)
-	h.approve("dev-a", "dev-b")
-	h.start()
-	a, b := h.agent("dev-a"), h.agent("dev-b")
-	a.hello(nil)
-	b.hello(nil)
-	h.waitFor("online", func() bool { return h.status().DevicesOnline == 2 })
+	ags := h.online("dev-a", "dev-b")
+	a, b := ags[0], ags[1]
 	req := startReq(1, 2)
 	req.DeadlineMs = 10_000
 	h.startRun(req)
@@ -280,5 +276,28 @@ func TestFederatedEvaluationAndRobustStrategy(t *testing.T) {
 	st := h.status()
 	if st.History[0].EvalAccuracy != 0.95 || st.History[0].Accuracy != 0.95 || !st.Run.HasAccuracy {
 		t.Fatalf("status %+v", st.History)
+	}
+}
+
+// TestDroppedDeviceClosesRound: a selected device that reports it gave up
+// its task is not waited for: the round commits with the other device's
+// update while the (virtual) clock stands still, and the status and history
+// count the drop.
+func TestDroppedDeviceClosesRound(t *testing.T) {
+	h := newHarness(t)
+	ags := h.online("dev-a", "dev-b")
+	a, b := ags[0], ags[1]
+	req := startReq(1, 2)
+	req.Quorum = 1
+	h.startRun(req)
+	taskB := b.task()
+	b.send(topics.KindStatus, fedgepb.PayloadType_PAYLOAD_TYPE_STATUS, &fedgepb.Status{DeviceId: "dev-b",
+		State: fedgepb.DeviceState_DEVICE_STATE_DROPPED, RoundId: taskB.RoundId, Reason: "base model failed its checks"})
+	h.waitFor("drop counted", func() bool { r := h.status().Round; return r != nil && r.Dropped == 1 })
+	a.ack(a.sendUpdate(a.update(a.task(), 10, constDelta(h.dimOf(), 0.5))))
+	h.waitFor("done", func() bool { return h.status().Run.State == "done" })
+	hist := h.status().History
+	if len(hist) != 1 || hist[0].Accepted != 1 || hist[0].Dropped != 1 || hist[0].Failed {
+		t.Fatalf("history %+v, want one committed round with 1 update and 1 dropped", hist)
 	}
 }

@@ -166,12 +166,8 @@ func TestStartRunRefusals(t *testing.T) {
 func TestRejections(t *testing.T) {
 	h := newHarness(t)
 	h.cfgHook = func(c *Config) { c.MaxDeltaBytes = 1 << 20 }
-	h.approve("dev-1", "dev-2")
-	h.start()
-	a1, a2 := h.agent("dev-1"), h.agent("dev-2")
-	a1.hello(nil)
-	a2.hello(nil)
-	h.waitFor("online", func() bool { return h.status().DevicesOnline == 2 })
+	ags := h.online("dev-1", "dev-2")
+	a1, a2 := ags[0], ags[1]
 	h.startRun(startReq(3, 2))
 	dim := h.dimOf()
 	// Round 1 completes normally; its updates are kept for replays.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -11,6 +12,7 @@ import (
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
 	"github.com/fedge-dev/fedge/internal/transport/blob"
+	"github.com/fedge-dev/fedge/internal/wire"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
 
@@ -67,7 +69,8 @@ func (s *session) apply(ctx context.Context, acts []Action) error {
 			}
 			a.count(func(st *stats) { st.dropped++ })
 			a.log.Warn("task refused", zap.Uint64("round", x.Round), zap.String("reason", x.Reason))
-			st := &fedgepb.Status{DeviceId: a.o.DeviceID, State: fedgepb.DeviceState_DEVICE_STATE_ONLINE, RoundId: x.Round}
+			st := &fedgepb.Status{DeviceId: a.o.DeviceID, State: fedgepb.DeviceState_DEVICE_STATE_DROPPED, RoundId: x.Round,
+				Reason: truncateUTF8(x.Reason, wire.DefaultLimits().MaxStringBytes)}
 			if ref, ok := s.m.Active(); ok {
 				st.InstalledModelVersion = ref.Version
 			}
@@ -221,4 +224,15 @@ func (s *session) getBlob(ctx context.Context, hash []byte) ([]byte, error) {
 		c.Put(id, b)
 	}
 	return b, nil
+}
+
+// truncateUTF8 cuts s to at most n bytes without splitting a character.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -205,4 +206,51 @@ func TestTaskWaitsForItsModel(t *testing.T) {
 	eventually(t, "task persisted", func() bool { tk, _ := dev.state.Task(); return tk != nil })
 	c.announce(m1)
 	eventually(t, "update acked", func() bool { return dev.agent.Stats().Acked == 1 })
+}
+
+// TestDroppedTaskIsReported: a task whose base model fails its checks is
+// given up at once and the coordinator is told, with the round and why.
+func TestDroppedTaskIsReported(t *testing.T) {
+	bus := memory.NewBus(memory.Config{}, nil)
+	c := newFakeCoordinator(t, bus)
+	host := newHost(t)
+	dev := newDevice(t, c, host, "dev-d", synthetic(t, 32, 5), nil)
+	_, weights := logregModel(t, host)
+	bad := c.model(1, []byte("\x00asm garbage"), weights)
+	dev.start(t, bus)
+	eventually(t, "hello", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return len(c.hellos) == 1 })
+	c.sendTask(dev.id, trainTask(9, bad, 1))
+	c.announce(bad)
+	var got *fedgepb.Status
+	eventually(t, "dropped status", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, s := range c.statuses {
+			if s.State == fedgepb.DeviceState_DEVICE_STATE_DROPPED {
+				got = s
+				return true
+			}
+		}
+		return false
+	})
+	if got.DeviceId != dev.id || got.RoundId != 9 || !strings.Contains(got.Reason, "failed its checks") {
+		t.Fatalf("status %v, want DROPPED of round 9 because its model failed its checks", got)
+	}
+	if st := dev.agent.Stats(); st.TasksDropped != 1 || st.TasksRun != 0 {
+		t.Fatalf("stats %+v, want one task dropped and none run", st)
+	}
+}
+
+func TestTruncateUTF8(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"abc", 5, "abc"}, {"abc", 3, "abc"}, {"abcd", 3, "abc"}, {"aé", 2, "a"}, {"aéb", 3, "aé"}, {"é", 1, ""},
+	} {
+		if got := truncateUTF8(tc.in, tc.n); got != tc.want {
+			t.Errorf("truncateUTF8(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
+	}
 }

@@ -53,11 +53,17 @@ func validateHello(m *fedgepb.Hello, l Limits) error {
 	return checkOptionalHash("installed_model_hash", m.InstalledModelHash)
 }
 
-func validateStatus(m *fedgepb.Status, _ Limits) error {
+func validateStatus(m *fedgepb.Status, l Limits) error {
 	if err := checkID("device_id", m.DeviceId); err != nil {
 		return err
 	}
-	return checkEnum("state", m.State, fedgepb.DeviceState_name)
+	if err := checkEnum("state", m.State, fedgepb.DeviceState_name); err != nil {
+		return err
+	}
+	if m.State == fedgepb.DeviceState_DEVICE_STATE_DROPPED && m.RoundId == 0 {
+		return bad("state DROPPED without round_id")
+	}
+	return checkString("reason", m.Reason, l)
 }
 
 func validateTrainConfig(c *fedgepb.TrainConfig) error {

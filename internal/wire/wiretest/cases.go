@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"math"
 	"strconv"
+	"strings"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -241,6 +242,14 @@ func badCases() []Case {
 	add("evaluate Inf accuracy", topic, r, wire.ReasonBadField)
 	r, topic = modified("status unspecified", fedgepb.PayloadType_PAYLOAD_TYPE_STATUS, func(m *fedgepb.Status) { m.State = 42 })
 	add("status unknown state", topic, r, wire.ReasonBadField)
+	r, topic = modified("status dropped", fedgepb.PayloadType_PAYLOAD_TYPE_STATUS, func(m *fedgepb.Status) {
+		m.State, m.RoundId = fedgepb.DeviceState_DEVICE_STATE_DROPPED, 0
+	})
+	add("status dropped without round", topic, r, wire.ReasonBadField)
+	r, topic = modified("status reason", fedgepb.PayloadType_PAYLOAD_TYPE_STATUS, func(m *fedgepb.Status) {
+		m.State, m.Reason = fedgepb.DeviceState_DEVICE_STATE_DROPPED, strings.Repeat("x", 1000)
+	})
+	add("status reason too long", topic, r, wire.ReasonTooLarge)
 	r, topic = modified("desc count", fedgepb.PayloadType_PAYLOAD_TYPE_BLOB_DESCRIPTOR, func(m *fedgepb.BlobDescriptor) { m.ChunkHashes = m.ChunkHashes[:2] })
 	add("descriptor chunk count", topic, r, wire.ReasonBadField)
 	r, topic = modified("manifest params", fedgepb.PayloadType_PAYLOAD_TYPE_MODEL_MANIFEST, func(m *fedgepb.ModelManifest) {

@@ -28,6 +28,7 @@ const (
 	DeviceState_DEVICE_STATE_ONLINE      DeviceState = 1
 	DeviceState_DEVICE_STATE_OFFLINE     DeviceState = 2 // published by the broker as the device's last will
 	DeviceState_DEVICE_STATE_TRAINING    DeviceState = 3
+	DeviceState_DEVICE_STATE_DROPPED     DeviceState = 4 // gave up its task of round_id (the device is online)
 )
 
 // Enum value maps for DeviceState.
@@ -37,12 +38,14 @@ var (
 		1: "DEVICE_STATE_ONLINE",
 		2: "DEVICE_STATE_OFFLINE",
 		3: "DEVICE_STATE_TRAINING",
+		4: "DEVICE_STATE_DROPPED",
 	}
 	DeviceState_value = map[string]int32{
 		"DEVICE_STATE_UNSPECIFIED": 0,
 		"DEVICE_STATE_ONLINE":      1,
 		"DEVICE_STATE_OFFLINE":     2,
 		"DEVICE_STATE_TRAINING":    3,
+		"DEVICE_STATE_DROPPED":     4,
 	}
 )
 
@@ -228,12 +231,15 @@ func (x *Hello) GetInstalledModelHash() []byte {
 }
 
 // Status is a device's presence and progress; also its last will (OFFLINE).
+// A device sends DROPPED once for each task it gives up, so that the
+// coordinator need not wait for the round's deadline.
 type Status struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId              string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	State                 DeviceState            `protobuf:"varint,2,opt,name=state,proto3,enum=fedge.v1.DeviceState" json:"state,omitempty"`
 	InstalledModelVersion uint64                 `protobuf:"varint,3,opt,name=installed_model_version,json=installedModelVersion,proto3" json:"installed_model_version,omitempty"`
 	RoundId               uint64                 `protobuf:"varint,4,opt,name=round_id,json=roundId,proto3" json:"round_id,omitempty"`
+	Reason                string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"` // DROPPED: why, for the operator (bounded like every free-form string)
 	unknownFields         protoimpl.UnknownFields
 	sizeCache             protoimpl.SizeCache
 }
@@ -294,6 +300,13 @@ func (x *Status) GetRoundId() uint64 {
 		return x.RoundId
 	}
 	return 0
+}
+
+func (x *Status) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // EnrollRequest asks the coordinator to register a device's Ed25519 key.
@@ -452,12 +465,13 @@ const file_fedge_v1_device_proto_rawDesc = "" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12:\n" +
 	"\fcapabilities\x18\x03 \x01(\v2\x16.fedge.v1.CapabilitiesR\fcapabilities\x126\n" +
 	"\x17installed_model_version\x18\x04 \x01(\x04R\x15installedModelVersion\x120\n" +
-	"\x14installed_model_hash\x18\x05 \x01(\fR\x12installedModelHash\"\xa5\x01\n" +
+	"\x14installed_model_hash\x18\x05 \x01(\fR\x12installedModelHash\"\xbd\x01\n" +
 	"\x06Status\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.fedge.v1.DeviceStateR\x05state\x126\n" +
 	"\x17installed_model_version\x18\x03 \x01(\x04R\x15installedModelVersion\x12\x19\n" +
-	"\bround_id\x18\x04 \x01(\x04R\aroundId\"\xb2\x01\n" +
+	"\bround_id\x18\x04 \x01(\x04R\aroundId\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xb2\x01\n" +
 	"\rEnrollRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1d\n" +
 	"\n" +
@@ -468,12 +482,13 @@ const file_fedge_v1_device_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1a\n" +
 	"\baccepted\x18\x02 \x01(\bR\baccepted\x12)\n" +
 	"\x10pending_approval\x18\x03 \x01(\bR\x0fpendingApproval\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason*y\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason*\x93\x01\n" +
 	"\vDeviceState\x12\x1c\n" +
 	"\x18DEVICE_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13DEVICE_STATE_ONLINE\x10\x01\x12\x18\n" +
 	"\x14DEVICE_STATE_OFFLINE\x10\x02\x12\x19\n" +
-	"\x15DEVICE_STATE_TRAINING\x10\x03B3Z1github.com/fedge-dev/fedge/proto/fedge/v1;fedgepbb\x06proto3"
+	"\x15DEVICE_STATE_TRAINING\x10\x03\x12\x18\n" +
+	"\x14DEVICE_STATE_DROPPED\x10\x04B3Z1github.com/fedge-dev/fedge/proto/fedge/v1;fedgepbb\x06proto3"
 
 var (
 	file_fedge_v1_device_proto_rawDescOnce sync.Once

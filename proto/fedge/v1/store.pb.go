@@ -645,7 +645,8 @@ type RoundRecord struct {
 	NewHash            []byte                 `protobuf:"bytes,19,opt,name=new_hash,json=newHash,proto3" json:"new_hash,omitempty"`
 	Reason             string                 `protobuf:"bytes,20,opt,name=reason,proto3" json:"reason,omitempty"`
 	ClosedUnixMs       int64                  `protobuf:"varint,21,opt,name=closed_unix_ms,json=closedUnixMs,proto3" json:"closed_unix_ms,omitempty"`
-	Participants       []string               `protobuf:"bytes,22,rep,name=participants,proto3" json:"participants,omitempty"` // devices whose updates were accepted (aggregated unless the round failed)
+	Participants       []string               `protobuf:"bytes,22,rep,name=participants,proto3" json:"participants,omitempty"`                           // devices whose updates were accepted (aggregated unless the round failed)
+	DroppedDevices     []string               `protobuf:"bytes,23,rep,name=dropped_devices,json=droppedDevices,proto3" json:"dropped_devices,omitempty"` // selected devices that gave up their task (Status DROPPED) in training
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -834,6 +835,13 @@ func (x *RoundRecord) GetParticipants() []string {
 	return nil
 }
 
+func (x *RoundRecord) GetDroppedDevices() []string {
+	if x != nil {
+		return x.DroppedDevices
+	}
+	return nil
+}
+
 // UpdateRecord is an accepted update of a round still in flight: kept so the
 // streaming aggregate can be rebuilt after a restart, deleted at commit.
 type UpdateRecord struct {
@@ -965,6 +973,7 @@ type RoundMetrics struct {
 	DurationMs     int64                  `protobuf:"varint,17,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
 	UnixMs         int64                  `protobuf:"varint,18,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
 	Failed         bool                   `protobuf:"varint,19,opt,name=failed,proto3" json:"failed,omitempty"`
+	Dropped        uint32                 `protobuf:"varint,20,opt,name=dropped,proto3" json:"dropped,omitempty"` // selected devices that gave up their task
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1130,6 +1139,13 @@ func (x *RoundMetrics) GetFailed() bool {
 		return x.Failed
 	}
 	return false
+}
+
+func (x *RoundMetrics) GetDropped() uint32 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
 }
 
 // ModelVersionRecord is one global model version with its lineage.
@@ -1579,7 +1595,7 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
 	"\fsample_count\x18\x02 \x01(\x04R\vsampleCount\x12\x12\n" +
 	"\x04loss\x18\x03 \x01(\x01R\x04loss\x12\x1a\n" +
-	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\"\x81\a\n" +
+	"\baccuracy\x18\x04 \x01(\x01R\baccuracy\"\xaa\a\n" +
 	"\vRoundRecord\x12\x19\n" +
 	"\bround_id\x18\x01 \x01(\x04R\aroundId\x12\x15\n" +
 	"\x06run_id\x18\x02 \x01(\x04R\x05runId\x12*\n" +
@@ -1607,7 +1623,8 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\bnew_hash\x18\x13 \x01(\fR\anewHash\x12\x16\n" +
 	"\x06reason\x18\x14 \x01(\tR\x06reason\x12$\n" +
 	"\x0eclosed_unix_ms\x18\x15 \x01(\x03R\fclosedUnixMs\x12\"\n" +
-	"\fparticipants\x18\x16 \x03(\tR\fparticipants\x1a=\n" +
+	"\fparticipants\x18\x16 \x03(\tR\fparticipants\x12'\n" +
+	"\x0fdropped_devices\x18\x17 \x03(\tR\x0edroppedDevices\x1a=\n" +
 	"\x0fRejectionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xca\x02\n" +
@@ -1621,7 +1638,7 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\rencoded_delta\x18\x06 \x01(\fR\fencodedDelta\x120\n" +
 	"\ametrics\x18\a \x01(\v2\x16.fedge.v1.TrainMetricsR\ametrics\x12\x18\n" +
 	"\aarrival\x18\b \x01(\rR\aarrival\x12(\n" +
-	"\x10received_unix_ms\x18\t \x01(\x03R\x0ereceivedUnixMs\"\xcc\x05\n" +
+	"\x10received_unix_ms\x18\t \x01(\x03R\x0ereceivedUnixMs\"\xe6\x05\n" +
 	"\fRoundMetrics\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\x04R\x05runId\x12\x19\n" +
 	"\bround_id\x18\x02 \x01(\x04R\aroundId\x12#\n" +
@@ -1647,7 +1664,8 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\vduration_ms\x18\x11 \x01(\x03R\n" +
 	"durationMs\x12\x17\n" +
 	"\aunix_ms\x18\x12 \x01(\x03R\x06unixMs\x12\x16\n" +
-	"\x06failed\x18\x13 \x01(\bR\x06failed\x1a=\n" +
+	"\x06failed\x18\x13 \x01(\bR\x06failed\x12\x18\n" +
+	"\adropped\x18\x14 \x01(\rR\adropped\x1a=\n" +
 	"\x0fRejectionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xc2\x03\n" +
