@@ -20,6 +20,12 @@ type ServerOptimizer interface {
 	SetState(OptimizerState) error
 }
 
+// WithOptimizer is implemented by strategies that step the global model with
+// a server optimizer, so that its state can be persisted.
+type WithOptimizer interface {
+	Optimizer() ServerOptimizer
+}
+
 // OptimizerState is a server optimizer's memory: first moment M and second
 // moment V (nil when the algorithm has none) and the number of steps.
 type OptimizerState struct {

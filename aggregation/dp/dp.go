@@ -87,6 +87,15 @@ func (s *Strategy) Name() string { return "dp(" + s.inner.Name() + ")" }
 // SumBased implements aggregation.Strategy; always true.
 func (s *Strategy) SumBased() bool { return true }
 
+// Optimizer exposes the wrapped strategy's server optimizer (for persisting
+// its state), nil if it has none.
+func (s *Strategy) Optimizer() aggregation.ServerOptimizer {
+	if o, ok := s.inner.(aggregation.WithOptimizer); ok {
+		return o.Optimizer()
+	}
+	return nil
+}
+
 // Accountant exposes the privacy accountant (for persistence).
 func (s *Strategy) Accountant() *Accountant { return s.acct }
 

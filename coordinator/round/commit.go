@@ -58,6 +58,12 @@ func (m *Machine) closeTraining() {
 	m.run.ConsecutiveFailures = 0
 
 	m.ready.Batch.ModelVersions = append(m.ready.Batch.ModelVersions, mv)
+	if s, ok := r.agg.(OptimizerSaver); ok {
+		if st := s.OptimizerState(); st != nil {
+			st.RunId, st.ModelVersion = m.run.RunId, mv.Version
+			m.ready.Batch.Optimizers = append(m.ready.Batch.Optimizers, st)
+		}
+	}
 	m.dropUpdates(r.rec.RoundId)
 	m.ready.Commits = append(m.ready.Commits, Commit{
 		RunID: m.run.RunId, RoundID: r.rec.RoundId, Version: mv.Version, Participants: len(r.order),

@@ -50,6 +50,16 @@ type Aggregator interface {
 	Finish(global []float32) ([]float32, error)
 }
 
+// OptimizerSaver is implemented by aggregators whose strategy keeps memory
+// from round to round (server momentum, adaptive moments). After a
+// successful Finish the machine persists the state with the model version
+// it produced, in the same batch, so that a restart continues it.
+type OptimizerSaver interface {
+	// OptimizerState is the state after Finish; nil when there is none.
+	// The machine sets its run id and model version.
+	OptimizerState() *store.Optimizer
+}
+
 // Deferred is implemented by aggregators that need more than the updates
 // to finish (secure aggregation runs further message rounds after the last
 // masked input). When Deferred reports true, the machine does not close

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -299,5 +300,39 @@ func TestDroppedDeviceClosesRound(t *testing.T) {
 	hist := h.status().History
 	if len(hist) != 1 || hist[0].Accepted != 1 || hist[0].Dropped != 1 || hist[0].Failed {
 		t.Fatalf("history %+v, want one committed round with 1 update and 1 dropped", hist)
+	}
+}
+
+// TestOptimizerStateSurvivesRestart: a FedAvgM or FedAdam run restarted
+// between its rounds ends on exactly the model of the same run without
+// restarts: the momentum and moments are persisted with every version.
+func TestOptimizerStateSurvivesRestart(t *testing.T) {
+	for _, strat := range []string{"fedavgm", "fedadam"} {
+		t.Run(strat, func(t *testing.T) {
+			run := func(restart bool) []float32 {
+				h := newHarness(t)
+				a := h.online("dev-a")[0]
+				req := startReq(3, 1)
+				req.Strategy = strat
+				h.startRun(req)
+				dim := h.dimOf()
+				for r := 1; r <= 3; r++ {
+					if restart && r > 1 {
+						h.start()
+					}
+					task := a.task()
+					for task.RoundId != uint64(r) { // a restart republishes the task
+						task = a.task()
+					}
+					a.ack(a.sendUpdate(a.update(task, 10, constDelta(dim, 0.1*float32(r)-0.25))))
+					h.waitFor("commit", func() bool { return h.status().ModelVersion == uint64(r+1) })
+				}
+				return h.weights(4)
+			}
+			want, got := run(false), run(true)
+			if !slices.Equal(got, want) {
+				t.Fatalf("after restarts the model differs from the uninterrupted run's (first weights %v, want %v)", got[:3], want[:3])
+			}
+		})
 	}
 }

@@ -464,6 +464,8 @@ func (a *secureAgg) Add(device string, _ []float32, _ uint64) error {
 	return r.srv.Receive(r.index[device], data)
 }
 
+func (a *secureAgg) OptimizerState() *store.Optimizer { return optimizerState(a.st) }
+
 func (a *secureAgg) Finish(global []float32) ([]float32, error) {
 	r := a.s.sec
 	if r == nil || r.roundID != a.round || r.result == nil {

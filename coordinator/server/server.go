@@ -194,7 +194,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.secDim[roundID] = dim
 		return &secureAgg{s: s, st: st, round: roundID, before: s.strat.beforeFinish}
 	}
-	s.strat.committed = s.storedRounds
+	s.strat.stored = s.storedRun
+	s.strat.warn = func(msg string) { s.log.Warn(msg) }
 	s.seal = s.sealWith
 	return s, nil
 }

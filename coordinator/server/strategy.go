@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/fedge-dev/fedge/aggregation"
 	"github.com/fedge-dev/fedge/aggregation/dp"
 	"github.com/fedge-dev/fedge/coordinator/round"
+	"github.com/fedge-dev/fedge/coordinator/store"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
 
@@ -230,10 +232,10 @@ func dpOf(run *fedgepb.RunConfig) *DPConfig {
 // memory (momentum, adaptive moments) carries from round to round. The
 // machine hands the same *RunConfig for every round of a run (one run is
 // active at a time), so the configuration's identity keys the strategy.
-// It is in memory only: after a restart a run's optimizer starts afresh.
-// The one piece of strategy state that must survive a restart, the DP
-// accountant, is a function of the run's persisted committed-round count:
-// committed returns it, and get restores the accountant from it.
+// After a restart get rebuilds it from the store: the optimizer's memory
+// from the state persisted with the run's latest model version (see
+// round.OptimizerSaver), and the DP accountant from the run's committed
+// round count (a function of it).
 type strategies struct {
 	mu     sync.Mutex
 	cfg    *fedgepb.RunConfig
@@ -242,9 +244,11 @@ type strategies struct {
 	beforeFinish func()
 	// secure makes the aggregator of a secure round.
 	secure func(st aggregation.StreamingStrategy, roundID uint64, dim int) round.Aggregator
-	// committed is the rounds committed by the stored run of cfg (0 for a
-	// run not yet stored).
-	committed func(cfg *fedgepb.RunConfig) (uint32, error)
+	// stored is the stored active run of cfg (nil for a run not yet
+	// stored) and its persisted optimizer state (nil if none).
+	stored func(cfg *fedgepb.RunConfig) (*store.Run, *store.Optimizer, error)
+	// warn reports a stored optimizer state that does not fit the run.
+	warn func(msg string)
 }
 
 func (s *strategies) get(cfg *fedgepb.RunConfig) (aggregation.Strategy, error) {
@@ -257,21 +261,78 @@ func (s *strategies) get(cfg *fedgepb.RunConfig) (aggregation.Strategy, error) {
 	if err != nil {
 		return nil, err
 	}
-	if d, ok := st.(*dp.Strategy); ok && s.committed != nil {
-		n, err := s.committed(cfg)
-		if err != nil {
-			return nil, fmt.Errorf("dp accountant: %w", err)
-		}
-		a, err := DPAccountant(dpOf(cfg), n)
-		if err != nil {
-			return nil, fmt.Errorf("dp accountant: %w", err)
-		}
-		if err := d.Accountant().Restore(a.RDP()); err != nil {
-			return nil, fmt.Errorf("dp accountant: %w", err)
+	if s.stored != nil {
+		if err := s.restore(cfg, st); err != nil {
+			return nil, err
 		}
 	}
 	s.cfg, s.active = cfg, st
 	return st, nil
+}
+
+// restore gives a strategy built for a stored run the state the run had
+// reached: the DP accountant and the server optimizer's memory.
+func (s *strategies) restore(cfg *fedgepb.RunConfig, st aggregation.Strategy) error {
+	run, opt, err := s.stored(cfg)
+	if err != nil {
+		return fmt.Errorf("restore strategy state: %w", err)
+	}
+	var committed uint32
+	if run != nil {
+		committed = run.RoundsCommitted
+	}
+	if d, ok := st.(*dp.Strategy); ok {
+		a, err := DPAccountant(dpOf(cfg), committed)
+		if err != nil {
+			return fmt.Errorf("dp accountant: %w", err)
+		}
+		if err := d.Accountant().Restore(a.RDP()); err != nil {
+			return fmt.Errorf("dp accountant: %w", err)
+		}
+	}
+	o := optimizerOf(st)
+	if run == nil || opt == nil || o == nil {
+		return nil
+	}
+	// The state is written with the version it produced; another version
+	// as the run's latest (one committed without state) makes it stale, and
+	// the optimizer starts afresh rather than from the wrong point.
+	if opt.ModelVersion != run.ModelVersion || opt.Strategy != st.Name() {
+		if s.warn != nil {
+			s.warn(fmt.Sprintf("%s optimizer starts afresh: the stored state is of %s at version %d, the run is at version %d",
+				st.Name(), opt.Strategy, opt.ModelVersion, run.ModelVersion))
+		}
+		return nil
+	}
+	if err := o.SetState(aggregation.OptimizerState{Steps: opt.Steps, M: opt.M, V: opt.V}); err != nil {
+		return fmt.Errorf("restore %s optimizer: %w", st.Name(), err)
+	}
+	return nil
+}
+
+// optimizerOf is the server optimizer of a strategy (nil if it has none).
+func optimizerOf(st aggregation.Strategy) aggregation.ServerOptimizer {
+	if o, ok := st.(interface {
+		Optimizer() aggregation.ServerOptimizer
+	}); ok {
+		return o.Optimizer()
+	}
+	return nil
+}
+
+// optimizerState is the record an aggregator hands the machine to persist
+// with the version it produced: the optimizer's moments, nil when it keeps
+// none (plain server SGD).
+func optimizerState(st aggregation.Strategy) *store.Optimizer {
+	o := optimizerOf(st)
+	if o == nil {
+		return nil
+	}
+	state := o.State()
+	if len(state.M) == 0 && len(state.V) == 0 {
+		return nil
+	}
+	return &store.Optimizer{Strategy: st.Name(), Steps: state.Steps, M: state.M, V: state.V}
 }
 
 func (s *strategies) reset() {
@@ -317,6 +378,8 @@ func (a *streamingAgg) Add(device string, delta []float32, samples uint64) error
 	return a.acc.Add(device, delta, int64(min(samples, 1<<62)))
 }
 
+func (a *streamingAgg) OptimizerState() *store.Optimizer { return optimizerState(a.s) }
+
 func (a *streamingAgg) Finish(global []float32) ([]float32, error) {
 	if a.before != nil {
 		a.before()
@@ -353,6 +416,8 @@ func (a *collectingAgg) Add(device string, delta []float32, samples uint64) erro
 	return nil
 }
 
+func (a *collectingAgg) OptimizerState() *store.Optimizer { return optimizerState(a.s) }
+
 func (a *collectingAgg) Finish(global []float32) ([]float32, error) {
 	if a.before != nil {
 		a.before()
@@ -364,17 +429,25 @@ func (a *collectingAgg) Finish(global []float32) ([]float32, error) {
 	return next, nil
 }
 
-// storedRounds is the rounds committed by the stored active run whose
-// configuration is cfg: after a restart, the restored run's count; for a
-// run being started (not stored yet), 0.
-func (s *Server) storedRounds(cfg *fedgepb.RunConfig) (uint32, error) {
-	runs, err := s.st.Runs(context.Background())
+// storedRun is the stored active run whose configuration is cfg, with its
+// persisted optimizer state: after a restart, the restored run; for a run
+// being started (not stored yet), nil.
+func (s *Server) storedRun(cfg *fedgepb.RunConfig) (*store.Run, *store.Optimizer, error) {
+	ctx := context.Background()
+	runs, err := s.st.Runs(ctx)
 	if err != nil || len(runs) == 0 {
-		return 0, err
+		return nil, nil, err
 	}
 	last := runs[len(runs)-1]
 	if last.State != fedgepb.RunState_RUN_STATE_RUNNING || !proto.Equal(last.Config, cfg) {
-		return 0, nil
+		return nil, nil, nil
 	}
-	return last.RoundsCommitted, nil
+	opt, err := s.st.Optimizer(ctx, last.RunId)
+	if errors.Is(err, store.ErrNotFound) {
+		return last, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return last, opt, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"math"
 
 	"github.com/fedge-dev/fedge/internal/topics"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
@@ -19,6 +20,7 @@ type (
 	Metrics      = fedgepb.RoundMetrics
 	AuditEntry   = fedgepb.AuditRecord
 	Token        = fedgepb.EnrollmentTokenRecord
+	Optimizer    = fedgepb.OptimizerStateRecord
 )
 
 // Batch is a set of changes applied atomically by Store.Apply. Puts replace
@@ -34,6 +36,8 @@ type Batch struct {
 	Metrics       []*Metrics
 	Audit         []*AuditEntry
 	Tokens        []*Token
+	// Optimizers replace the optimizer state of their runs.
+	Optimizers []*Optimizer
 
 	// DeleteUpdates removes every in-flight update of these rounds.
 	DeleteUpdates []uint64
@@ -44,7 +48,7 @@ type Batch struct {
 // Empty reports whether the batch changes nothing.
 func (b *Batch) Empty() bool {
 	return b == nil || len(b.Runs)+len(b.Rounds)+len(b.Updates)+len(b.ModelVersions)+
-		len(b.Devices)+len(b.Metrics)+len(b.Audit)+len(b.Tokens)+
+		len(b.Devices)+len(b.Metrics)+len(b.Audit)+len(b.Tokens)+len(b.Optimizers)+
 		len(b.DeleteUpdates)+len(b.DeleteTokens) == 0
 }
 
@@ -105,6 +109,11 @@ func (b *Batch) Validate() error {
 	for i, id := range b.DeleteUpdates {
 		if id == 0 {
 			return check("delete updates", i, fmt.Errorf("round id 0"))
+		}
+	}
+	for i, r := range b.Optimizers {
+		if err := check("optimizer state", i, validateOptimizer(r)); err != nil {
+			return err
 		}
 	}
 	for i, h := range b.DeleteTokens {
@@ -216,6 +225,29 @@ func validateToken(r *Token) error {
 		return fmt.Errorf("nil")
 	case len(r.TokenHash) != sha256.Size:
 		return fmt.Errorf("token hash of %d bytes, want %d", len(r.TokenHash), sha256.Size)
+	}
+	return nil
+}
+
+func validateOptimizer(r *Optimizer) error {
+	switch {
+	case r == nil:
+		return fmt.Errorf("nil record")
+	case r.RunId == 0:
+		return fmt.Errorf("run id 0")
+	case r.ModelVersion == 0:
+		return fmt.Errorf("model version 0")
+	case r.Strategy == "":
+		return fmt.Errorf("no strategy")
+	case len(r.V) != 0 && len(r.V) != len(r.M):
+		return fmt.Errorf("second moment of %d values, first of %d", len(r.V), len(r.M))
+	}
+	for _, m := range [][]float64{r.M, r.V} {
+		for i, x := range m {
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				return fmt.Errorf("moment %d is %v", i, x)
+			}
+		}
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ const (
 	prefixAudit    = "a/"
 	prefixToken    = "t/"
 	prefixSequence = "s/"
+	prefixOptim    = "p/"
 	keyAuditSeq    = "q/audit"
 )
 
@@ -111,6 +112,11 @@ func decodeAudit(b []byte) (*AuditEntry, error) {
 func decodeToken(b []byte) (*Token, error) {
 	r := new(Token)
 	return r, decodeRecord(b, r, validateToken)
+}
+
+func decodeOptimizer(b []byte) (*Optimizer, error) {
+	r := new(Optimizer)
+	return r, decodeRecord(b, r, validateOptimizer)
 }
 
 // decodeCounter parses a stored sequence value: 8 big-endian bytes.

@@ -19,6 +19,7 @@ var decoders = []func([]byte) (proto.Message, error){
 	func(b []byte) (proto.Message, error) { return decodeMetrics(b) },
 	func(b []byte) (proto.Message, error) { return decodeAudit(b) },
 	func(b []byte) (proto.Message, error) { return decodeToken(b) },
+	func(b []byte) (proto.Message, error) { return decodeOptimizer(b) },
 }
 
 // recordTable is the table of good and bad stored values shared by the
@@ -47,6 +48,7 @@ func recordTable(t testing.TB) []struct {
 		&Metrics{RunId: 1, RoundId: 2, Accepted: 4},
 		&AuditEntry{Seq: 1, Actor: "admin", Action: "round start"},
 		&Token{TokenHash: th[:], UsesLeft: 1},
+		&Optimizer{RunId: 1, ModelVersion: 2, Strategy: "fedadam", Steps: 1, M: []float64{0.5}, V: []float64{0.25}},
 	}
 	type row = struct {
 		kind byte

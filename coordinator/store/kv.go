@@ -145,6 +145,11 @@ func applyBatch(tx kvTx, b *Batch) error {
 			return err
 		}
 	}
+	for _, r := range b.Optimizers {
+		if err := put(idKey(prefixOptim, r.RunId), r); err != nil {
+			return err
+		}
+	}
 	if len(b.Audit) > 0 {
 		seq, err := readCounter(tx, []byte(keyAuditSeq))
 		if err != nil {

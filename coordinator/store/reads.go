@@ -24,6 +24,10 @@ func (s *kvStore) Round(ctx context.Context, roundID uint64) (*Round, error) {
 	return getOne(s, ctx, fmt.Sprintf("round %d", roundID), idKey(prefixRound, roundID), decodeRound)
 }
 
+func (s *kvStore) Optimizer(ctx context.Context, runID uint64) (*Optimizer, error) {
+	return getOne(s, ctx, fmt.Sprintf("optimizer state of run %d", runID), idKey(prefixOptim, runID), decodeOptimizer)
+}
+
 func (s *kvStore) Rounds(ctx context.Context, runID uint64) ([]*Round, error) {
 	keep := func(r *Round) bool { return runID == 0 || r.RunId == runID }
 	return list(s, ctx, "rounds", []byte(prefixRound), nil, decodeRound, keep, 0)

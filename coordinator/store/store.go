@@ -67,6 +67,9 @@ type Store interface {
 	// Audit lists up to limit audit records with seq > after, by seq.
 	Audit(ctx context.Context, after uint64, limit int) ([]*AuditEntry, error)
 
+	// Optimizer returns the server optimizer state last committed for a run.
+	Optimizer(ctx context.Context, runID uint64) (*Optimizer, error)
+
 	// Token returns the enrollment token with this sha256 hash.
 	Token(ctx context.Context, hash []byte) (*Token, error)
 

@@ -104,6 +104,11 @@ func SampleModelVersion(version, parent uint64) *store.ModelVersion {
 }
 
 // SampleDevice returns a valid device.
+func SampleOptimizer(run, version uint64) *store.Optimizer {
+	return &store.Optimizer{RunId: run, ModelVersion: version, Strategy: "fedadam", Steps: version,
+		M: []float64{0.5, -0.25, 1e-9}, V: []float64{0.25, 0.0625, 1e-18}}
+}
+
 func SampleDevice(id string) *store.Device {
 	return &store.Device{
 		DeviceId: id, PublicKey: make([]byte, 32), EnrollState: fedgepb.EnrollState_ENROLL_STATE_APPROVED,
@@ -147,8 +152,11 @@ func testRoundTrip(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	run, round, up := SampleRun(1), SampleRound(10, 1), SampleUpdate(10, "dev-a", 0)
 	mv, dev, met, tok := SampleModelVersion(1, 0), SampleDevice("dev-a"), &store.Metrics{RunId: 1, RoundId: 10, Accepted: 2, TrainLoss: 0.3}, SampleToken("s3cret")
+	opt := SampleOptimizer(1, 1)
 	apply(t, s, &store.Batch{Runs: []*store.Run{run}, Rounds: []*store.Round{round}, Updates: []*store.Update{up},
-		ModelVersions: []*store.ModelVersion{mv}, Devices: []*store.Device{dev}, Metrics: []*store.Metrics{met}, Tokens: []*store.Token{tok}})
+		ModelVersions: []*store.ModelVersion{mv}, Devices: []*store.Device{dev}, Metrics: []*store.Metrics{met}, Tokens: []*store.Token{tok},
+		Optimizers: []*store.Optimizer{opt}})
+	mustEqual(t, "optimizer state", must(s.Optimizer(ctx, 1)), opt)
 
 	mustEqual(t, "run", must(s.Run(ctx, 1)), run)
 	mustEqual(t, "round", must(s.Round(ctx, 10)), round)
@@ -179,6 +187,7 @@ func testNotFound(t *testing.T, s store.Store) {
 		{"model version", second(s.ModelVersion(ctx, 1))},
 		{"device", second(s.Device(ctx, "nobody"))},
 		{"token", second(s.Token(ctx, h[:]))},
+		{"optimizer state", second(s.Optimizer(ctx, 1))},
 	}
 	for _, c := range cases {
 		if !errors.Is(c.err, store.ErrNotFound) {
@@ -214,6 +223,11 @@ func testOverwrite(t *testing.T, s store.Store) {
 	if got := must(s.Device(ctx, "dev-z")); got.Online {
 		t.Error("device overwrite lost: still online")
 	}
+	apply(t, s, &store.Batch{Optimizers: []*store.Optimizer{SampleOptimizer(2, 4)}})
+	o := SampleOptimizer(2, 5)
+	o.V = nil
+	apply(t, s, &store.Batch{Optimizers: []*store.Optimizer{o}})
+	mustEqual(t, "replaced optimizer state", must(s.Optimizer(ctx, 2)), o)
 }
 
 func testListings(t *testing.T, s store.Store) {
@@ -340,6 +354,10 @@ func testInvalid(t *testing.T, s store.Store) {
 	badKey.PublicKey = []byte{1}
 	badSel := SampleRound(1, 1)
 	badSel.Selected[0].DeviceId = "a/b"
+	badMoments := SampleOptimizer(1, 1)
+	badMoments.V = badMoments.V[:1]
+	nanMoment := SampleOptimizer(1, 1)
+	nanMoment.M[1] = math.NaN()
 	cases := []struct {
 		name string
 		b    *store.Batch
@@ -362,6 +380,11 @@ func testInvalid(t *testing.T, s store.Store) {
 		{"audit without action", &store.Batch{Audit: []*store.AuditEntry{{Actor: "a"}}}},
 		{"audit with seq", &store.Batch{Audit: []*store.AuditEntry{{Actor: "a", Action: "b", Seq: 4}}}},
 		{"token hash length", &store.Batch{Tokens: []*store.Token{{TokenHash: []byte("short")}}}},
+		{"optimizer run 0", &store.Batch{Optimizers: []*store.Optimizer{SampleOptimizer(0, 1)}}},
+		{"optimizer version 0", &store.Batch{Optimizers: []*store.Optimizer{SampleOptimizer(1, 0)}}},
+		{"optimizer moments differ in length", &store.Batch{Optimizers: []*store.Optimizer{badMoments}}},
+		{"nil optimizer", &store.Batch{Optimizers: []*store.Optimizer{nil}}},
+		{"optimizer NaN moment", &store.Batch{Optimizers: []*store.Optimizer{nanMoment}}},
 		{"delete updates of round 0", &store.Batch{DeleteUpdates: []uint64{0}}},
 		{"delete token hash length", &store.Batch{DeleteTokens: [][]byte{{1}}}},
 	}

@@ -1543,6 +1543,95 @@ func (x *EnrollmentTokenRecord) GetCreatedUnixMs() int64 {
 	return 0
 }
 
+// OptimizerStateRecord is a run's server optimizer memory (FedAvgM momentum,
+// FedAdam/FedYogi/FedAdagrad moments) after the commit of model_version. It
+// is written in the same batch as that version, one per run (replaced at
+// every commit), so a restarted coordinator continues the optimizer where it
+// stopped.
+type OptimizerStateRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         uint64                 `protobuf:"varint,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	ModelVersion  uint64                 `protobuf:"varint,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	Strategy      string                 `protobuf:"bytes,3,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Steps         uint64                 `protobuf:"varint,4,opt,name=steps,proto3" json:"steps,omitempty"`
+	M             []float64              `protobuf:"fixed64,5,rep,packed,name=m,proto3" json:"m,omitempty"` // first moment (momentum), one per parameter
+	V             []float64              `protobuf:"fixed64,6,rep,packed,name=v,proto3" json:"v,omitempty"` // second moment; empty or as long as m
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OptimizerStateRecord) Reset() {
+	*x = OptimizerStateRecord{}
+	mi := &file_fedge_v1_store_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OptimizerStateRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OptimizerStateRecord) ProtoMessage() {}
+
+func (x *OptimizerStateRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_fedge_v1_store_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OptimizerStateRecord.ProtoReflect.Descriptor instead.
+func (*OptimizerStateRecord) Descriptor() ([]byte, []int) {
+	return file_fedge_v1_store_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *OptimizerStateRecord) GetRunId() uint64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
+func (x *OptimizerStateRecord) GetModelVersion() uint64 {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return 0
+}
+
+func (x *OptimizerStateRecord) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *OptimizerStateRecord) GetSteps() uint64 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *OptimizerStateRecord) GetM() []float64 {
+	if x != nil {
+		return x.M
+	}
+	return nil
+}
+
+func (x *OptimizerStateRecord) GetV() []float64 {
+	if x != nil {
+		return x.V
+	}
+	return nil
+}
+
 var File_fedge_v1_store_proto protoreflect.FileDescriptor
 
 const file_fedge_v1_store_proto_rawDesc = "" +
@@ -1706,7 +1795,14 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1b\n" +
 	"\tuses_left\x18\x03 \x01(\rR\busesLeft\x12&\n" +
 	"\x0fexpires_unix_ms\x18\x04 \x01(\x03R\rexpiresUnixMs\x12&\n" +
-	"\x0fcreated_unix_ms\x18\x05 \x01(\x03R\rcreatedUnixMs*}\n" +
+	"\x0fcreated_unix_ms\x18\x05 \x01(\x03R\rcreatedUnixMs\"\xa0\x01\n" +
+	"\x14OptimizerStateRecord\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\x04R\x05runId\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\x04R\fmodelVersion\x12\x1a\n" +
+	"\bstrategy\x18\x03 \x01(\tR\bstrategy\x12\x14\n" +
+	"\x05steps\x18\x04 \x01(\x04R\x05steps\x12\f\n" +
+	"\x01m\x18\x05 \x03(\x01R\x01m\x12\f\n" +
+	"\x01v\x18\x06 \x03(\x01R\x01v*}\n" +
 	"\bRunState\x12\x19\n" +
 	"\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11RUN_STATE_RUNNING\x10\x01\x12\x12\n" +
@@ -1741,7 +1837,7 @@ func file_fedge_v1_store_proto_rawDescGZIP() []byte {
 }
 
 var file_fedge_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedge_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_fedge_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_fedge_v1_store_proto_goTypes = []any{
 	(RunState)(0),                 // 0: fedge.v1.RunState
 	(RoundPhase)(0),               // 1: fedge.v1.RoundPhase
@@ -1757,31 +1853,32 @@ var file_fedge_v1_store_proto_goTypes = []any{
 	(*DeviceRecord)(nil),          // 11: fedge.v1.DeviceRecord
 	(*AuditRecord)(nil),           // 12: fedge.v1.AuditRecord
 	(*EnrollmentTokenRecord)(nil), // 13: fedge.v1.EnrollmentTokenRecord
-	nil,                           // 14: fedge.v1.RunConfig.TagFilterEntry
-	nil,                           // 15: fedge.v1.RoundRecord.RejectionsEntry
-	nil,                           // 16: fedge.v1.RoundMetrics.RejectionsEntry
-	(*TrainConfig)(nil),           // 17: fedge.v1.TrainConfig
-	(*EvaluateConfig)(nil),        // 18: fedge.v1.EvaluateConfig
-	(Codec)(0),                    // 19: fedge.v1.Codec
-	(*TrainMetrics)(nil),          // 20: fedge.v1.TrainMetrics
-	(*Capabilities)(nil),          // 21: fedge.v1.Capabilities
+	(*OptimizerStateRecord)(nil),  // 14: fedge.v1.OptimizerStateRecord
+	nil,                           // 15: fedge.v1.RunConfig.TagFilterEntry
+	nil,                           // 16: fedge.v1.RoundRecord.RejectionsEntry
+	nil,                           // 17: fedge.v1.RoundMetrics.RejectionsEntry
+	(*TrainConfig)(nil),           // 18: fedge.v1.TrainConfig
+	(*EvaluateConfig)(nil),        // 19: fedge.v1.EvaluateConfig
+	(Codec)(0),                    // 20: fedge.v1.Codec
+	(*TrainMetrics)(nil),          // 21: fedge.v1.TrainMetrics
+	(*Capabilities)(nil),          // 22: fedge.v1.Capabilities
 }
 var file_fedge_v1_store_proto_depIdxs = []int32{
-	14, // 0: fedge.v1.RunConfig.tag_filter:type_name -> fedge.v1.RunConfig.TagFilterEntry
-	17, // 1: fedge.v1.RunConfig.train:type_name -> fedge.v1.TrainConfig
-	18, // 2: fedge.v1.RunConfig.evaluate:type_name -> fedge.v1.EvaluateConfig
+	15, // 0: fedge.v1.RunConfig.tag_filter:type_name -> fedge.v1.RunConfig.TagFilterEntry
+	18, // 1: fedge.v1.RunConfig.train:type_name -> fedge.v1.TrainConfig
+	19, // 2: fedge.v1.RunConfig.evaluate:type_name -> fedge.v1.EvaluateConfig
 	3,  // 3: fedge.v1.RunRecord.config:type_name -> fedge.v1.RunConfig
 	0,  // 4: fedge.v1.RunRecord.state:type_name -> fedge.v1.RunState
 	1,  // 5: fedge.v1.RoundRecord.phase:type_name -> fedge.v1.RoundPhase
 	5,  // 6: fedge.v1.RoundRecord.selected:type_name -> fedge.v1.SelectedDevice
-	15, // 7: fedge.v1.RoundRecord.rejections:type_name -> fedge.v1.RoundRecord.RejectionsEntry
+	16, // 7: fedge.v1.RoundRecord.rejections:type_name -> fedge.v1.RoundRecord.RejectionsEntry
 	6,  // 8: fedge.v1.RoundRecord.evals:type_name -> fedge.v1.EvalEntry
-	19, // 9: fedge.v1.UpdateRecord.codec:type_name -> fedge.v1.Codec
-	20, // 10: fedge.v1.UpdateRecord.metrics:type_name -> fedge.v1.TrainMetrics
-	16, // 11: fedge.v1.RoundMetrics.rejections:type_name -> fedge.v1.RoundMetrics.RejectionsEntry
+	20, // 9: fedge.v1.UpdateRecord.codec:type_name -> fedge.v1.Codec
+	21, // 10: fedge.v1.UpdateRecord.metrics:type_name -> fedge.v1.TrainMetrics
+	17, // 11: fedge.v1.RoundMetrics.rejections:type_name -> fedge.v1.RoundMetrics.RejectionsEntry
 	3,  // 12: fedge.v1.ModelVersionRecord.config:type_name -> fedge.v1.RunConfig
 	9,  // 13: fedge.v1.ModelVersionRecord.metrics:type_name -> fedge.v1.RoundMetrics
-	21, // 14: fedge.v1.DeviceRecord.capabilities:type_name -> fedge.v1.Capabilities
+	22, // 14: fedge.v1.DeviceRecord.capabilities:type_name -> fedge.v1.Capabilities
 	2,  // 15: fedge.v1.DeviceRecord.enroll_state:type_name -> fedge.v1.EnrollState
 	16, // [16:16] is the sub-list for method output_type
 	16, // [16:16] is the sub-list for method input_type
@@ -1803,7 +1900,7 @@ func file_fedge_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedge_v1_store_proto_rawDesc), len(file_fedge_v1_store_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
