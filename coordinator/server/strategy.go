@@ -312,9 +312,7 @@ func (s *strategies) restore(cfg *fedgepb.RunConfig, st aggregation.Strategy) er
 
 // optimizerOf is the server optimizer of a strategy (nil if it has none).
 func optimizerOf(st aggregation.Strategy) aggregation.ServerOptimizer {
-	if o, ok := st.(interface {
-		Optimizer() aggregation.ServerOptimizer
-	}); ok {
+	if o, ok := st.(aggregation.WithOptimizer); ok {
 		return o.Optimizer()
 	}
 	return nil
