@@ -38,6 +38,8 @@ func ValidateRunConfig(c *fedgepb.RunConfig) error {
 		return fmt.Errorf("%w: a target accuracy needs evaluation", ErrInvalidConfig)
 	case !finite64(c.Fraction, c.TargetAccuracy):
 		return fmt.Errorf("%w: non-finite number", ErrInvalidConfig)
+	case slices.Contains(c.RequiredFeatures, ""):
+		return fmt.Errorf("%w: empty required feature", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -174,7 +176,7 @@ func (m *Machine) startRound() {
 func (m *Machine) trySelect() bool {
 	r := m.round
 	cfg := m.run.Config
-	cands := eligible(m.online, cfg.TagFilter)
+	cands := eligible(m.online, cfg)
 	k := selectCount(cfg, len(cands))
 	if k == 0 {
 		return false

@@ -80,6 +80,29 @@ func TestChooseProperties(t *testing.T) {
 	}
 }
 
+// TestRequiredFeatures: a run that requires a feature selects only the
+// devices reporting it, and waits while too few do.
+func TestRequiredFeatures(t *testing.T) {
+	h := newHarness(t)
+	withFeature := func(id string) DeviceOnline {
+		ev := online(id, "eu")
+		ev.Caps.Features = []string{"other", fedgepb.FeatureSecAgg}
+		return ev
+	}
+	h.mustStep(withFeature("dev-a"))
+	h.mustStep(online("dev-b", "eu"))
+	cfg := runConfig()
+	cfg.Fraction, cfg.RequiredFeatures = 1, []string{fedgepb.FeatureSecAgg}
+	h.mustStep(StartRun{RunID: 1, Config: cfg, Base: initialModel()})
+	if st := h.m.Status(); st.Phase != fedgepb.RoundPhase_ROUND_PHASE_WAITING {
+		t.Fatalf("round %v with one eligible device of min 2, want waiting", st.Phase)
+	}
+	h.mustStep(withFeature("dev-c"))
+	if sel := h.selected(1); !slices.Equal(sel, []string{"dev-a", "dev-c"}) {
+		t.Fatalf("selected %v, want the devices with the feature", sel)
+	}
+}
+
 func TestValidateRunConfig(t *testing.T) {
 	good := func() *fedgepb.RunConfig { return runConfig() }
 	cases := []struct {
@@ -102,6 +125,8 @@ func TestValidateRunConfig(t *testing.T) {
 		{"target with eval", func(c *fedgepb.RunConfig) {
 			c.Rounds, c.TargetAccuracy, c.ServerEvaluation, c.EvalTimeoutMs = 0, 0.9, true, 1
 		}, true},
+		{"required feature", func(c *fedgepb.RunConfig) { c.RequiredFeatures = []string{"secagg"} }, true},
+		{"empty required feature", func(c *fedgepb.RunConfig) { c.RequiredFeatures = []string{""} }, false},
 	}
 	for _, c := range cases {
 		cfg := good()

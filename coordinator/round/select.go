@@ -8,11 +8,12 @@ import (
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
 
-// eligible lists the online devices matching every tag of the filter, by id.
-func eligible(online map[string]*fedgepb.Capabilities, filter map[string]string) []string {
+// eligible lists, by id, the online devices matching every tag of the
+// run's filter and reporting every feature it requires.
+func eligible(online map[string]*fedgepb.Capabilities, cfg *fedgepb.RunConfig) []string {
 	var out []string
 	for id, caps := range online {
-		if matches(caps, filter) {
+		if matches(caps, cfg) {
 			out = append(out, id)
 		}
 	}
@@ -20,9 +21,14 @@ func eligible(online map[string]*fedgepb.Capabilities, filter map[string]string)
 	return out
 }
 
-func matches(caps *fedgepb.Capabilities, filter map[string]string) bool {
-	for k, v := range filter {
+func matches(caps *fedgepb.Capabilities, cfg *fedgepb.RunConfig) bool {
+	for k, v := range cfg.TagFilter {
 		if caps.GetTags()[k] != v {
+			return false
+		}
+	}
+	for _, f := range cfg.RequiredFeatures {
+		if !slices.Contains(caps.GetFeatures(), f) {
 			return false
 		}
 	}

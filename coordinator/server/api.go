@@ -173,6 +173,9 @@ func secureRunConfig(req admin.StartRequest, cfg *fedgepb.RunConfig, st aggregat
 		return err
 	}
 	cfg.StrategyConfig = raw
+	// Only agents that speak the protocol are selected: an older one would
+	// send a plain update, which the coordinator refuses but would have seen.
+	cfg.RequiredFeatures = append(cfg.RequiredFeatures, fedgepb.FeatureSecAgg)
 	return nil
 }
 

@@ -263,7 +263,7 @@ func (a *agent) send(kind string, typ fedgepb.PayloadType, msg proto.Message) []
 
 func (a *agent) hello(tags map[string]string) {
 	a.send(topics.KindStatus, fedgepb.PayloadType_PAYLOAD_TYPE_HELLO, &fedgepb.Hello{
-		DeviceId: a.id, Capabilities: &fedgepb.Capabilities{Arch: "amd64", SampleCount: 100, Tags: tags, AbiVersions: []uint32{1}},
+		DeviceId: a.id, Capabilities: &fedgepb.Capabilities{Arch: "amd64", SampleCount: 100, Tags: tags, AbiVersions: []uint32{1}, Features: []string{fedgepb.FeatureSecAgg}},
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -318,9 +319,12 @@ func TestSecureStartRequest(t *testing.T) {
 		if sc == nil || sc.Threshold != 0.6 || sc.Degree != 4 || sc.ClipRange != DefaultSecureClip {
 			t.Fatalf("%s: secure section %+v", strat, sc)
 		}
+		if !slices.Equal(cfg.RequiredFeatures, []string{fedgepb.FeatureSecAgg}) {
+			t.Fatalf("%s: required features %v, want only agents that speak secagg", strat, cfg.RequiredFeatures)
+		}
 	}
-	if cfg, err := RunConfig(startReq(1, 1)); err != nil || secureOf(cfg) != nil {
-		t.Fatalf("plain run: %v, secure %v", err, secureOf(cfg))
+	if cfg, err := RunConfig(startReq(1, 1)); err != nil || secureOf(cfg) != nil || len(cfg.RequiredFeatures) != 0 {
+		t.Fatalf("plain run: %v, secure %v, required features %v", err, secureOf(cfg), cfg.GetRequiredFeatures())
 	}
 }
 

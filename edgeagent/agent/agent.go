@@ -191,7 +191,7 @@ func (a *Agent) activeRef() (ModelRef, bool) {
 func (a *Agent) capabilities() *fedgepb.Capabilities {
 	return &fedgepb.Capabilities{
 		Arch: goruntime.GOARCH, MemoryBytes: a.o.MemoryBytes, SampleCount: uint64(a.o.Data.Len()),
-		Tags: a.o.Tags, AbiVersions: []uint32{runtime.ABIVersion},
+		Tags: a.o.Tags, AbiVersions: []uint32{runtime.ABIVersion}, Features: []string{fedgepb.FeatureSecAgg},
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -81,7 +82,8 @@ func TestWillAnnouncesOffline(t *testing.T) {
 	c.mu.Lock()
 	h := c.hellos[0]
 	c.mu.Unlock()
-	if h.DeviceId != dev.id || h.Capabilities.SampleCount != 10 || h.Capabilities.Arch == "" || len(h.Capabilities.AbiVersions) == 0 {
+	if h.DeviceId != dev.id || h.Capabilities.SampleCount != 10 || h.Capabilities.Arch == "" || len(h.Capabilities.AbiVersions) == 0 ||
+		!slices.Contains(h.Capabilities.Features, fedgepb.FeatureSecAgg) {
 		t.Fatalf("hello %+v", h)
 	}
 	dev.tr.(*memory.Client).Kill()

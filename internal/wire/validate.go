@@ -37,7 +37,18 @@ func validateCapabilities(c *fedgepb.Capabilities, l Limits) error {
 			return err
 		}
 	}
-	return checkCount("capabilities.abi_versions", len(c.AbiVersions), l)
+	if err := checkCount("capabilities.abi_versions", len(c.AbiVersions), l); err != nil {
+		return err
+	}
+	if err := checkCount("capabilities.features", len(c.Features), l); err != nil {
+		return err
+	}
+	for _, f := range c.Features {
+		if err := checkString("capabilities.features", f, l); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func validateHello(m *fedgepb.Hello, l Limits) error {

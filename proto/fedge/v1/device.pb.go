@@ -84,6 +84,7 @@ type Capabilities struct {
 	SampleCount   uint64                 `protobuf:"varint,3,opt,name=sample_count,json=sampleCount,proto3" json:"sample_count,omitempty"`                                         // local training samples (self-reported)
 	Tags          map[string]string      `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // e.g. region=eu-west
 	AbiVersions   []uint32               `protobuf:"varint,5,rep,packed,name=abi_versions,json=abiVersions,proto3" json:"abi_versions,omitempty"`                                  // WASM model ABI versions the runtime speaks
+	Features      []string               `protobuf:"bytes,6,rep,name=features,proto3" json:"features,omitempty"`                                                                   // protocol features the agent speaks, e.g. "secagg" (see features.go)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +150,13 @@ func (x *Capabilities) GetTags() map[string]string {
 func (x *Capabilities) GetAbiVersions() []uint32 {
 	if x != nil {
 		return x.AbiVersions
+	}
+	return nil
+}
+
+func (x *Capabilities) GetFeatures() []string {
+	if x != nil {
+		return x.Features
 	}
 	return nil
 }
@@ -450,13 +458,14 @@ var File_fedge_v1_device_proto protoreflect.FileDescriptor
 
 const file_fedge_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x15fedge/v1/device.proto\x12\bfedge.v1\"\xfa\x01\n" +
+	"\x15fedge/v1/device.proto\x12\bfedge.v1\"\x96\x02\n" +
 	"\fCapabilities\x12\x12\n" +
 	"\x04arch\x18\x01 \x01(\tR\x04arch\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x04R\vmemoryBytes\x12!\n" +
 	"\fsample_count\x18\x03 \x01(\x04R\vsampleCount\x124\n" +
 	"\x04tags\x18\x04 \x03(\v2 .fedge.v1.Capabilities.TagsEntryR\x04tags\x12!\n" +
-	"\fabi_versions\x18\x05 \x03(\rR\vabiVersions\x1a7\n" +
+	"\fabi_versions\x18\x05 \x03(\rR\vabiVersions\x12\x1a\n" +
+	"\bfeatures\x18\x06 \x03(\tR\bfeatures\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x01\n" +

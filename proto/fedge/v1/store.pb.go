@@ -210,6 +210,7 @@ type RunConfig struct {
 	EvalTimeoutMs       int64                  `protobuf:"varint,16,opt,name=eval_timeout_ms,json=evalTimeoutMs,proto3" json:"eval_timeout_ms,omitempty"`                 // evaluation deadline after the commit
 	ServerEvaluation    bool                   `protobuf:"varint,17,opt,name=server_evaluation,json=serverEvaluation,proto3" json:"server_evaluation,omitempty"`          // wait for a server-side evaluation of each new model
 	MaxFailedRounds     uint32                 `protobuf:"varint,18,opt,name=max_failed_rounds,json=maxFailedRounds,proto3" json:"max_failed_rounds,omitempty"`           // consecutive failed rounds that fail the run; 0 = 3
+	RequiredFeatures    []string               `protobuf:"bytes,19,rep,name=required_features,json=requiredFeatures,proto3" json:"required_features,omitempty"`           // a device is eligible only if it reports every one
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -368,6 +369,13 @@ func (x *RunConfig) GetMaxFailedRounds() uint32 {
 		return x.MaxFailedRounds
 	}
 	return 0
+}
+
+func (x *RunConfig) GetRequiredFeatures() []string {
+	if x != nil {
+		return x.RequiredFeatures
+	}
+	return nil
 }
 
 type RunRecord struct {
@@ -1636,7 +1644,7 @@ var File_fedge_v1_store_proto protoreflect.FileDescriptor
 
 const file_fedge_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x14fedge/v1/store.proto\x12\bfedge.v1\x1a\x15fedge/v1/device.proto\x1a\x14fedge/v1/round.proto\"\xf8\x05\n" +
+	"\x14fedge/v1/store.proto\x12\bfedge.v1\x1a\x15fedge/v1/device.proto\x1a\x14fedge/v1/round.proto\"\xa5\x06\n" +
 	"\tRunConfig\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x1a\n" +
 	"\bstrategy\x18\x02 \x01(\tR\bstrategy\x12'\n" +
@@ -1659,7 +1667,8 @@ const file_fedge_v1_store_proto_rawDesc = "" +
 	"\x14federated_evaluation\x18\x0f \x01(\bR\x13federatedEvaluation\x12&\n" +
 	"\x0feval_timeout_ms\x18\x10 \x01(\x03R\revalTimeoutMs\x12+\n" +
 	"\x11server_evaluation\x18\x11 \x01(\bR\x10serverEvaluation\x12*\n" +
-	"\x11max_failed_rounds\x18\x12 \x01(\rR\x0fmaxFailedRounds\x1a<\n" +
+	"\x11max_failed_rounds\x18\x12 \x01(\rR\x0fmaxFailedRounds\x12+\n" +
+	"\x11required_features\x18\x13 \x03(\tR\x10requiredFeatures\x1a<\n" +
 	"\x0eTagFilterEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x03\n" +
