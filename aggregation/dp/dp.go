@@ -13,6 +13,8 @@
 package dp
 
 import (
+	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,8 +40,10 @@ type Config struct {
 	SamplingRate float64
 	// Delta is the δ at which ε is reported.
 	Delta float64
-	// Seed keys the noise stream.
-	Seed uint64
+	// Key keys the noise stream. Whoever knows it can subtract the noise,
+	// so in production it is secret and random (NewKey); a fixed key
+	// (KeyFromSeed) is for reproducible simulations only.
+	Key [32]byte
 	// Orders are the Rényi orders; nil means DefaultOrders.
 	Orders []float64
 }
@@ -167,7 +171,7 @@ func (s *Strategy) ApplyAggregate(round uint64, global []float32, agg aggregatio
 	noisy := agg
 	noisy.Sum = make([]float64, len(agg.Sum))
 	copy(noisy.Sum, agg.Sum)
-	AddGaussianNoise(noisy.Sum, s.cfg.NoiseMultiplier*s.cfg.ClipNorm, s.cfg.Seed, round)
+	AddGaussianNoise(noisy.Sum, s.cfg.NoiseMultiplier*s.cfg.ClipNorm, s.cfg.Key, round)
 	sum, err := s.inner.ApplyAggregate(round, global, noisy)
 	if err != nil {
 		return aggregation.TrainSummary{}, fmt.Errorf("%s: %w", s.Name(), err)
@@ -181,14 +185,34 @@ func (s *Strategy) ApplyAggregate(round uint64, global []float32, agg aggregatio
 	return sum, nil
 }
 
+// NewKey returns a random noise key (256 bits from the system's CSPRNG).
+func NewKey() ([32]byte, error) {
+	var k [32]byte
+	if _, err := crand.Read(k[:]); err != nil {
+		return k, fmt.Errorf("dp noise key: %w", err)
+	}
+	return k, nil
+}
+
+// KeyFromSeed derives a noise key from a seed, for reproducible
+// simulations: a 64-bit seed is guessable, so it must not key production
+// noise.
+func KeyFromSeed(seed uint64) [32]byte {
+	h := sha256.New()
+	h.Write([]byte("fedge/dp/noise-seed/1"))
+	h.Write(binary.LittleEndian.AppendUint64(nil, seed))
+	return [32]byte(h.Sum(nil))
+}
+
 // AddGaussianNoise adds N(0, std²) to every element, drawn from a ChaCha8
-// stream keyed by (seed, round): the same inputs give the same noise.
-func AddGaussianNoise(v []float64, std float64, seed, round uint64) {
-	var key [32]byte
-	copy(key[:16], "fedge/dp/noise/1")
-	binary.LittleEndian.PutUint64(key[16:], seed)
-	binary.LittleEndian.PutUint64(key[24:], round)
-	r := rand.New(rand.NewChaCha8(key))
+// stream keyed by SHA-256(key, round): the same inputs give the same noise,
+// and each round's stream is independent of the others'.
+func AddGaussianNoise(v []float64, std float64, key [32]byte, round uint64) {
+	h := sha256.New()
+	h.Write([]byte("fedge/dp/noise/2"))
+	h.Write(key[:])
+	h.Write(binary.LittleEndian.AppendUint64(nil, round))
+	r := rand.New(rand.NewChaCha8([32]byte(h.Sum(nil))))
 	for i := range v {
 		v[i] += std * r.NormFloat64()
 	}

@@ -22,7 +22,7 @@ func newDP(t *testing.T, cfg Config) *Strategy {
 	return s
 }
 
-var baseCfg = Config{NoiseMultiplier: 1, ClipNorm: 1, SamplingRate: 0.01, Delta: 1e-5, Seed: 7}
+var baseCfg = Config{NoiseMultiplier: 1, ClipNorm: 1, SamplingRate: 0.01, Delta: 1e-5, Key: KeyFromSeed(7)}
 
 // With zero deltas the new model is pure noise: its per-coordinate std must
 // be z·C/n (DP-FedAvg, McMahan et al. 2018).
@@ -77,7 +77,7 @@ func TestClippingAndUniformWeights(t *testing.T) {
 func TestNoiseIsSeededAndEpsilonGrows(t *testing.T) {
 	run := func(seed uint64) ([]float32, []float64) {
 		cfg := baseCfg
-		cfg.Seed = seed
+		cfg.Key = KeyFromSeed(seed)
 		s := newDP(t, cfg)
 		g := make([]float32, 8)
 		var eps []float64

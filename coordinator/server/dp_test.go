@@ -106,7 +106,7 @@ func expectDP(base []float32, vals []float32, clip, z float64, seed, round uint6
 			sum[i] += float64(x)
 		}
 	}
-	dp.AddGaussianNoise(sum, z*clip, seed, round)
+	dp.AddGaussianNoise(sum, z*clip, dp.KeyFromSeed(seed), round)
 	out := make([]float32, len(base))
 	for i, b := range base {
 		out[i] = float32(float64(b) + sum[i]/float64(len(vals)))

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,8 +45,9 @@ type DPConfig struct {
 	Clip            float64 `json:"clip"`
 	SamplingRate    float64 `json:"sampling_rate"`
 	Delta           float64 `json:"delta"`
-	// NoiseSeed keys the noise; 0 draws a random key each time the strategy
-	// is built (once per run per coordinator process).
+	// NoiseSeed, for reproducible simulations, derives the noise key from
+	// a seed; 0 (production) draws a random 256-bit key each time the
+	// strategy is built (once per run per coordinator process).
 	NoiseSeed uint64 `json:"noise_seed,omitempty"`
 }
 
@@ -152,16 +151,14 @@ func NewStrategy(run *fedgepb.RunConfig) (aggregation.Strategy, error) {
 	if !ok || !s.SumBased() {
 		return nil, fmt.Errorf("differential privacy adds noise to the sum of the updates, so strategy %q, which needs every update, cannot be used with it; use fedavg, fedavgm, fedadam, fedyogi or fedadagrad", run.Strategy)
 	}
-	seed := c.DP.NoiseSeed
-	for seed == 0 {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, fmt.Errorf("dp noise key: %w", err)
+	key := dp.KeyFromSeed(c.DP.NoiseSeed)
+	if c.DP.NoiseSeed == 0 {
+		if key, err = dp.NewKey(); err != nil {
+			return nil, err
 		}
-		seed = binary.LittleEndian.Uint64(b[:])
 	}
 	w, err := dp.Wrap(ss, dp.Config{NoiseMultiplier: c.DP.NoiseMultiplier, ClipNorm: c.DP.Clip,
-		SamplingRate: c.DP.SamplingRate, Delta: c.DP.Delta, Seed: seed})
+		SamplingRate: c.DP.SamplingRate, Delta: c.DP.Delta, Key: key})
 	if err != nil {
 		return nil, fmt.Errorf("strategy %q: %w", run.Strategy, err)
 	}
