@@ -101,8 +101,11 @@ func (m *Machine) trainUpdate(e UpdateReceived) error {
 	m.accept(rec)
 	m.ack(u.DeviceId, u.RoundId, e.MessageID, true, "")
 	// A device that said it dropped and then reported after all counts as
-	// reporting.
-	r.rec.DroppedDevices = slices.DeleteFunc(r.rec.DroppedDevices, func(d string) bool { return d == u.DeviceId })
+	// reporting (persisted with its update, so a restart counts it once).
+	if i := slices.Index(r.rec.DroppedDevices, u.DeviceId); i >= 0 {
+		r.rec.DroppedDevices = slices.Delete(r.rec.DroppedDevices, i, i+1)
+		m.persistRound(r.rec)
+	}
 	m.closeIfComplete()
 	return nil
 }
