@@ -33,9 +33,11 @@ type PublishOptions struct {
 type Subscription interface {
 	C() <-chan Message
 	// Dropped counts messages that arrived while the queue was full. They
-	// are not lost: over MQTT they are left unacknowledged, so the broker
-	// sends them again when the session resumes (or at once after the
-	// client's Redeliver); in memory the session keeps them likewise.
+	// were acknowledged and discarded: an MQTT 3.1.1 broker resends an
+	// unacknowledged message only when the session resumes, and holding it
+	// would stop delivery on a live connection once the broker's in-flight
+	// window filled. A consumer that must not lose messages drains C at
+	// once into queues of its own.
 	Dropped() uint64
 	Unsubscribe(ctx context.Context) error
 }

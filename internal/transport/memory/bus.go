@@ -45,7 +45,7 @@ type Stats struct {
 	Delivered      uint64 // messages put into a subscription queue
 	Denied         uint64 // publishes and subscribes denied by the ACL
 	TooLarge       uint64 // publishes over MaxPayload
-	QueueFull      uint64 // deliveries that found a subscription queue full (kept for redelivery)
+	Shed           uint64 // deliveries that found a subscription queue full (discarded, counted)
 	SessionDropped uint64 // messages dropped because a session's queue was at MaxQueued
 	WillsSent      uint64 // last wills published after Kill
 }

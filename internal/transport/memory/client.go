@@ -133,7 +133,8 @@ func (c *Client) Subscribe(ctx context.Context, filter string) (transport.Subscr
 	// Hand over what the session kept for this filter, in order.
 	kept := c.sess.pending[:0]
 	for _, m := range c.sess.pending {
-		if transport.Match(filter, m.Topic) && c.offerLocked(s, m) {
+		if transport.Match(filter, m.Topic) {
+			c.offerLocked(s, m) // shed and counted when the queue is full
 			continue
 		}
 		kept = append(kept, m)
@@ -151,41 +152,27 @@ func (c *Client) offerLocked(s *subscription, msg transport.Message) bool {
 		return true
 	default:
 		s.dropped.Add(1)
-		c.bus.stats.QueueFull++
+		c.bus.stats.Shed++
 		return false
 	}
 }
 
 // deliverLocked hands a routed message to the client's matching
-// subscriptions. If any queue is full, or none matches yet (the session
-// outlived an earlier client), the message stays in the session and is
-// delivered again on the next Subscribe or reconnect: at least once.
+// subscriptions. A full queue sheds the message (counted), as the MQTT
+// client does: an MQTT 3.1.1 broker would not resend it on a live
+// connection either. A message no subscription matches yet (the session
+// outlived an earlier client) stays in the session until the next
+// Subscribe.
 func (c *Client) deliverLocked(msg transport.Message) {
-	matched, ok := false, true
+	matched := false
 	for _, s := range c.subs {
 		if transport.Match(s.filter, msg.Topic) {
 			matched = true
-			ok = c.offerLocked(s, msg) && ok
+			c.offerLocked(s, msg)
 		}
 	}
-	if !matched || !ok {
+	if !matched {
 		c.bus.queueLocked(c.sess, msg)
-	}
-}
-
-// Redeliver offers the messages the session kept because a queue was full
-// to the client's subscriptions again, like mqtt.Client.Redeliver.
-func (c *Client) Redeliver() {
-	b := c.bus
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if c.closed {
-		return
-	}
-	pending := c.sess.pending
-	c.sess.pending = nil
-	for _, m := range pending {
-		c.deliverLocked(m)
 	}
 }
 

@@ -5,19 +5,17 @@
 //
 // paho calls the message handler on its own goroutine, in order. The handler
 // here only routes the message into the bounded queue of each matching
-// subscription and acknowledges it (manual ack) once every queue took it. A
-// message that finds a queue full is counted and not acknowledged, so the
-// broker keeps it in the session and sends it again after the next
-// reconnect. Messages that arrive for no subscription yet (a persistent
-// session resumed before Subscribe was called again) are held in a bounded
-// buffer, acknowledged like queued ones, until a matching Subscribe.
-//
-// MQTT 3.1.1 brokers resend unacknowledged messages only when the session
-// resumes, and count them against their in-flight window (Mosquitto's
-// max_inflight_messages, 20 by default), so queues should be sized for the
-// expected bursts: Stats.QueueFull and Subscription.Dropped show when not,
-// and Client.Redeliver gets the dropped messages back without waiting for
-// the next network failure.
+// subscription and acknowledges it (manual ack). A message that finds a
+// queue full is acknowledged, shed and counted (Stats.Shed,
+// Subscription.Dropped): MQTT 3.1.1 brokers resend an unacknowledged
+// message only when the session resumes, and count it against their
+// in-flight window meanwhile (Mosquitto's max_inflight_messages, 20 by
+// default), so leaving it unacknowledged would stop all delivery on a live
+// connection after one burst. Messages that arrive for no subscription yet
+// (a persistent session resumed before Subscribe was called again) are held
+// in a bounded buffer, acknowledged like queued ones, until a matching
+// Subscribe. Only a closed client leaves messages unacknowledged, for its
+// session to keep.
 //
 // Workarounds for known problems of the libraries, each covered by tests:
 // paho's MemoryStore shares packets between resume() and the writer
@@ -114,12 +112,12 @@ func (c *Config) setDefaults() {
 
 // Stats are counters of one client.
 type Stats struct {
-	Connects  uint64 // successful connections, the first included
-	Lost      uint64 // connections lost
-	Received  uint64 // messages taken by at least one subscription
-	QueueFull uint64 // messages left unacknowledged because a queue was full
-	TooLarge  uint64 // incoming messages over MaxPayload, discarded
-	Held      uint64 // messages held for a subscription not yet renewed
+	Connects uint64 // successful connections, the first included
+	Lost     uint64 // connections lost
+	Received uint64 // messages taken by at least one subscription
+	Shed     uint64 // messages acknowledged and discarded because a queue (or the held buffer) was full
+	TooLarge uint64 // incoming messages over MaxPayload, discarded
+	Held     uint64 // messages held for a subscription not yet renewed
 }
 
 // Client is a connected MQTT client; it implements transport.Transport.
@@ -142,7 +140,8 @@ type Client struct {
 	stop     context.CancelFunc
 	handlers sync.WaitGroup // running onConnect calls
 
-	connects, lost, received, queueFull, tooLarge, heldN atomic.Uint64
+	connects, lost, received, shed, tooLarge, heldN atomic.Uint64
+	lastWarn                                        atomic.Int64 // unix ns of the last rate-limited warning
 }
 
 var _ transport.Transport = (*Client)(nil)
@@ -323,12 +322,12 @@ func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
 // Stats returns a snapshot of the client's counters.
 func (c *Client) Stats() Stats {
 	return Stats{
-		Connects:  c.connects.Load(),
-		Lost:      c.lost.Load(),
-		Received:  c.received.Load(),
-		QueueFull: c.queueFull.Load(),
-		TooLarge:  c.tooLarge.Load(),
-		Held:      c.heldN.Load(),
+		Connects: c.connects.Load(),
+		Lost:     c.lost.Load(),
+		Received: c.received.Load(),
+		Shed:     c.shed.Load(),
+		TooLarge: c.tooLarge.Load(),
+		Held:     c.heldN.Load(),
 	}
 }
 
@@ -371,24 +370,6 @@ func (c *Client) Kill() {
 	c.stopWaiting()
 	c.pc.Disconnect(0)
 	c.shutdown()
-}
-
-// Redeliver disconnects cleanly (no will) and connects again, so that the
-// broker resends the messages left unacknowledged because a queue was full
-// (MQTT 3.1.1 resends only when a session resumes). Call it once the
-// consumer has caught up; publishes during the reconnect fail.
-func (c *Client) Redeliver(ctx context.Context) error {
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return fmt.Errorf("mqtt: redeliver: %w", transport.ErrClosed)
-	}
-	c.pc.Disconnect(250)
-	if err := wait(ctx, c.pc.Connect(), c.cfg.ConnectTimeout); err != nil {
-		return fmt.Errorf("mqtt: redeliver: reconnect: %w", err)
-	}
-	return nil
 }
 
 // DropConnection closes the socket without a DISCONNECT; the client then

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
@@ -180,7 +181,8 @@ func (c *Client) releaseHeldLocked(s *subscription) {
 			continue
 		}
 		if !offer(s, m) {
-			c.log.Warn("held message dropped: queue full", zap.String("topic", m.Topic))
+			c.shed.Add(1)
+			c.warnLimited("held message shed: queue full", zap.String("topic", m.Topic))
 		}
 	}
 	clear(c.held[len(kept):])
@@ -199,11 +201,24 @@ func offer(s *subscription, msg transport.Message) bool {
 }
 
 // onMessage is paho's handler for every incoming message. It never blocks
-// and never publishes: it routes into queues and acknowledges.
+// and never publishes: it routes into queues and acknowledges every message
+// it was handed while the client is open.
+//
+// A message that finds a queue full is acknowledged and shed, and counted
+// in Stats.Shed and Subscription.Dropped. Leaving it unacknowledged instead
+// would not get it delivered again: MQTT 3.1.1 brokers (Mosquitto 2.0,
+// mochi) resend only when a session resumes, and until then count it
+// against the client's in-flight window, so a burst bigger than the queue
+// would leave the connection deaf with nothing to repair it. Consumers
+// that must not lose messages drain their queue at once into queues of
+// their own with a policy per kind of message (the coordinator does); the
+// protocol repairs what is shed (devices resend unacknowledged results,
+// blob transfers ask again for missing chunks, the round and model are
+// retained).
 func (c *Client) onMessage(_ paho.Client, pm paho.Message) {
 	if len(pm.Payload()) > c.cfg.MaxPayload {
 		c.tooLarge.Add(1)
-		c.log.Warn("discarding oversized message", zap.String("topic", pm.Topic()),
+		c.warnLimited("discarding oversized message", zap.String("topic", pm.Topic()),
 			zap.Int("bytes", len(pm.Payload())), zap.Int("limit", c.cfg.MaxPayload))
 		pm.Ack() // redelivery would not make it fit
 		return
@@ -225,25 +240,37 @@ func (c *Client) onMessage(_ paho.Client, pm paho.Message) {
 		// Held until a Subscribe claims it. Acknowledged at once like a
 		// queued message: holding the packet id would block mochi from
 		// accepting our SUBSCRIBE (see maxIDInUseRetries).
-		held := len(c.held) < c.cfg.MaxHeld
-		if held {
+		if len(c.held) < c.cfg.MaxHeld {
 			c.held = append(c.held, msg)
 			c.heldN.Add(1)
 		} else {
-			c.queueFull.Add(1)
+			c.shed.Add(1)
 		}
 		c.mu.Unlock()
-		if held {
-			pm.Ack()
-		}
+		pm.Ack()
 		return
 	}
 	c.mu.Unlock()
-	if !ok {
-		c.queueFull.Add(1)
-		c.log.Debug("queue full, message left unacknowledged", zap.String("topic", msg.Topic))
-		return
+	if ok {
+		c.received.Add(1)
+	} else {
+		c.shed.Add(1)
+		c.warnLimited("queue full, message shed", zap.String("topic", msg.Topic), zap.Uint64("shed_total", c.shed.Load()))
 	}
-	c.received.Add(1)
 	pm.Ack()
 }
+
+// warnLimited logs at warning level at most once per warnEvery; the
+// counters carry the totals.
+func (c *Client) warnLimited(msg string, fields ...zap.Field) {
+	now := time.Now().UnixNano()
+	last := c.lastWarn.Load()
+	if now-last < int64(warnEvery) || !c.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	c.log.Warn(msg, fields...)
+}
+
+// warnEvery is the shortest interval between two warnings of a client about
+// shed or oversized messages.
+const warnEvery = 10 * time.Second
