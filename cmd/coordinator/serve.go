@@ -184,7 +184,7 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	scfg := server.Config{
 		Fleet: f.fleet, Transport: transport.Transport(tr), Store: st, Log: log.Named("coordinator"), Key: key,
 		Models: models, BrokerCredentials: bcreds, NonceKey: []byte(nonceKey),
-		TickInterval: f.tick, Metrics: met,
+		TickInterval: f.tick, Metrics: met, ProbeInterval: 2 * time.Second,
 	}
 	if f.brokerURL == "" {
 		// Device passwords are issued for the embedded broker only; an
@@ -202,7 +202,11 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	h, err := admin.NewHandler(srv, admin.Options{Token: token, Gatherer: reg, Log: log.Named("admin")})
+	reg.MustRegister(srv.MetricsCollector(), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "fedge_transport_shed_total",
+		Help: "Messages the coordinator's MQTT client acknowledged and discarded on a full queue (the inbox drains it, so this stays 0 unless the coordinator is starved of CPU).",
+	}, func() float64 { return float64(tr.Shed()) }))
+	h, err := admin.NewHandler(srv, admin.Options{Token: token, Gatherer: reg, Log: log.Named("admin"), Health: srv.AdminHealth})
 	if err != nil {
 		return err
 	}

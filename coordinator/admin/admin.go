@@ -34,6 +34,8 @@ type Options struct {
 	// Gatherer serves /metrics (nil: no /metrics).
 	Gatherer prometheus.Gatherer
 	Log      *zap.Logger
+	// Health, if set, answers /healthz and /readyz (nil: always ok).
+	Health func() HealthDoc
 }
 
 // NewHandler returns the admin API over api.
@@ -47,8 +49,19 @@ func NewHandler(api API, opts Options) (http.Handler, error) {
 	h := &handler{api: api, log: opts.Log, tokenSum: sha256.Sum256([]byte(opts.Token))}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = io.WriteString(w, "ok\n")
+		// Liveness: a coordinator still restoring its state is alive.
+		var doc HealthDoc
+		if opts.Health != nil {
+			doc = opts.Health()
+		}
+		writeHealth(w, "ok", doc.Problems, !doc.Ready)
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		doc := HealthDoc{Ready: true}
+		if opts.Health != nil {
+			doc = opts.Health()
+		}
+		writeHealth(w, "ready", doc.Problems, false)
 	})
 	if opts.Gatherer != nil {
 		mux.Handle("GET /metrics", h.auth(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}).ServeHTTP))
@@ -66,6 +79,30 @@ func NewHandler(api API, opts Options) (http.Handler, error) {
 	mux.Handle("POST /v1/devices/{id}/approve", h.auth(h.approve))
 	mux.Handle("GET /v1/audit", h.auth(h.audit))
 	return mux, nil
+}
+
+// HealthDoc is what the coordinator reports to /healthz and /readyz.
+type HealthDoc struct {
+	Ready    bool     // restored and serving
+	Problems []string // empty when healthy
+}
+
+// writeHealth answers 200 with word, or 503 with one problem a line. While
+// starting, a liveness check ignores the "not serving yet" problem.
+func writeHealth(w http.ResponseWriter, word string, problems []string, starting bool) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if starting && len(problems) <= 1 {
+		problems = nil
+	}
+	if len(problems) == 0 {
+		_, _ = io.WriteString(w, word+"\n")
+		return
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = io.WriteString(w, "unhealthy\n")
+	for _, p := range problems {
+		_, _ = io.WriteString(w, "- "+p+"\n")
+	}
 }
 
 type handler struct {

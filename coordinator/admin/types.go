@@ -112,6 +112,22 @@ type StatusDoc struct {
 	History       []HistoryEntry    `json:"history"`
 	Rejections    map[string]uint64 `json:"rejections"`
 	DevicesOnline int               `json:"devices_online"`
+	// Inbound is the coordinator's inbox and health (additive in schema v1).
+	Inbound *InboundDoc `json:"inbound,omitempty"`
+}
+
+// InboundDoc reports the coordinator's inbound queues: what waits, what was
+// shed and why, and the health verdict of /healthz.
+type InboundDoc struct {
+	Healthy  bool                         `json:"healthy"`
+	Problems []string                     `json:"problems"`
+	Queued   map[string]int               `json:"queued"`   // by kind
+	Shed     map[string]map[string]uint64 `json:"shed"`     // by kind, then reason
+	Accepted map[string]uint64            `json:"accepted"` // queued, by kind
+	// TransportShed counts messages the MQTT client shed on a full queue
+	// (should stay 0: the inbox drains it at once).
+	TransportShed uint64 `json:"transport_shed"`
+	ProbeRTTMs    int64  `json:"probe_rtt_ms"`
 }
 
 // RunDoc describes one run.

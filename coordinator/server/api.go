@@ -335,7 +335,7 @@ func (s *Server) Status(ctx context.Context) (*admin.StatusDoc, error) {
 		return nil, err
 	}
 	doc := &admin.StatusDoc{Schema: admin.StatusSchema, NowUnixMs: st.NowUnixMs, ModelVersion: st.ModelVersion,
-		History: []admin.HistoryEntry{}, Rejections: map[string]uint64{}, DevicesOnline: online}
+		History: []admin.HistoryEntry{}, Rejections: map[string]uint64{}, DevicesOnline: online, Inbound: s.inboundDoc()}
 	for k, v := range counters {
 		doc.Rejections[k] = v
 	}

@@ -247,6 +247,14 @@ func (h *harness) agent(id string) *agent {
 
 func (a *agent) send(kind string, typ fedgepb.PayloadType, msg proto.Message) []byte {
 	a.h.t.Helper()
+	raw, id := a.seal(typ, msg)
+	a.raw(kind, raw)
+	return id
+}
+
+// seal signs msg as the agent: the raw envelope and its message id.
+func (a *agent) seal(typ fedgepb.PayloadType, msg proto.Message) ([]byte, []byte) {
+	a.h.t.Helper()
 	env, err := wire.SealEnvelope(a.key, a.id, typ, msg, a.h.clk.Now())
 	if err != nil {
 		a.h.t.Fatal(err)
@@ -255,10 +263,15 @@ func (a *agent) send(kind string, typ fedgepb.PayloadType, msg proto.Message) []
 	if err != nil {
 		a.h.t.Fatal(err)
 	}
-	if err := a.c.Publish(context.Background(), topics.DeviceOut(testFleet, a.id, kind), raw, transport.PublishOptions{}); err != nil {
+	return raw, env.MessageID
+}
+
+// raw publishes bytes on one of the agent's out topics.
+func (a *agent) raw(kind string, b []byte) {
+	a.h.t.Helper()
+	if err := a.c.Publish(context.Background(), topics.DeviceOut(testFleet, a.id, kind), b, transport.PublishOptions{}); err != nil {
 		a.h.t.Fatal(err)
 	}
-	return env.MessageID
 }
 
 func (a *agent) hello(tags map[string]string) {

@@ -37,7 +37,7 @@ func (s *Server) handle(ctx context.Context, m transport.Message) error {
 		r := wire.ReasonOf(err)
 		s.wireCnt.Rejected(r)
 		s.metrics.messageRejected(string(r))
-		s.log.Warn("message rejected", zap.String("topic", m.Topic), zap.String("reason", string(r)), zap.Error(err))
+		s.rejLog.Warn("message rejected", zap.String("topic", m.Topic), zap.String("reason", string(r)), zap.Error(err))
 		return nil
 	}
 	s.wireCnt.Accepted()
@@ -62,7 +62,7 @@ func (s *Server) handle(ctx context.Context, m transport.Message) error {
 		herr = fmt.Errorf("unexpected payload %v", env.Type)
 	}
 	if herr != nil && !errors.Is(herr, errFatal) {
-		s.log.Warn("message not handled", zap.String("topic", m.Topic), zap.String("sender", env.Sender), zap.Error(herr))
+		s.rejLog.Warn("message not handled", zap.String("topic", m.Topic), zap.String("sender", env.Sender), zap.Error(herr))
 		return nil
 	}
 	return herr

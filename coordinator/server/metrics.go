@@ -114,3 +114,50 @@ func (m *Metrics) bytesOut(n int) {
 		m.bytesOutTotal.Add(float64(n))
 	}
 }
+
+// healthCollector exports the inbox counters and the health verdict at
+// scrape time, from the server's own counters.
+type healthCollector struct {
+	s                                    *Server
+	shed, queued, accepted, healthy, rtt *prometheus.Desc
+}
+
+func newHealthCollector(s *Server) *healthCollector {
+	return &healthCollector{s: s,
+		shed: prometheus.NewDesc("fedge_inbound_shed_total",
+			"Inbound messages shed before they were handled (rate limit, full device or inbox queue, coalesced status), by kind and reason.", []string{"kind", "reason"}, nil),
+		queued:   prometheus.NewDesc("fedge_inbound_queued", "Inbound messages waiting in the coordinator's inbox, by kind.", []string{"kind"}, nil),
+		accepted: prometheus.NewDesc("fedge_inbound_queued_total", "Inbound messages queued in the coordinator's inbox, by kind.", []string{"kind"}, nil),
+		healthy:  prometheus.NewDesc("fedge_healthy", "1 while /healthz says ok: serving, hearing the broker and keeping up.", nil, nil),
+		rtt:      prometheus.NewDesc("fedge_probe_rtt_seconds", "Round trip of the last probe the coordinator sent itself through the broker.", nil, nil),
+	}
+}
+
+func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.shed
+	ch <- c.queued
+	ch <- c.accepted
+	ch <- c.healthy
+	ch <- c.rtt
+}
+
+func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
+	h := c.s.Health()
+	for kind, reasons := range h.Inbox.Shed {
+		for r, n := range reasons {
+			ch <- prometheus.MustNewConstMetric(c.shed, prometheus.CounterValue, float64(n), kind, r)
+		}
+	}
+	for kind, n := range h.Inbox.Queued {
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(n), kind)
+	}
+	for kind, n := range h.Inbox.Accepted {
+		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(n), kind)
+	}
+	ok := 0.0
+	if h.OK {
+		ok = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, ok)
+	ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, float64(h.ProbeRTTMs)/1000)
+}

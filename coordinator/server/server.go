@@ -96,6 +96,17 @@ type Config struct {
 	Metrics *Metrics
 	// FaultPoint, if set, is called at each Fault* stage (tests only).
 	FaultPoint func(name string)
+	// Inbox bounds the inbound queues and sets each device's rate.
+	Inbox InboxConfig
+	// ProbeInterval, if set, is how often the coordinator publishes a
+	// probe to itself through the broker; ProbeTimeout (default 5 s) is
+	// how long a probe may take before Health reports the coordinator deaf.
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	// StallTimeout is how long messages may wait in the inbox, or the loop
+	// be busy with one event, before Health reports that the coordinator
+	// cannot keep up (default 30 s).
+	StallTimeout time.Duration
 }
 
 // Evaluator evaluates a model's weights on a server-side test set.
@@ -121,6 +132,9 @@ type Server struct {
 	cmds    chan command
 	events  chan func(ctx context.Context) error // results of background work, run on the loop
 	started chan struct{}
+	in      *inbox
+	health  *health
+	rejLog  *zap.Logger // rate-limited logger for refused messages
 
 	// Owned by the loop goroutine.
 	m         *round.Machine
@@ -131,6 +145,7 @@ type Server struct {
 	offered   []blob.ID // weights blobs offered, oldest first
 	lastCount map[string]uint64
 	online    map[string]bool
+	retryTold map[string]time.Time // devices last told "retry later"
 	evalDone  map[uint64]bool
 	restoring bool // the first flush after restore republishes old acks
 	seal      func(typ fedgepb.PayloadType, msg protoMessage) ([]byte, error)
@@ -186,9 +201,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		metrics: cfg.Metrics, cmds: make(chan command), events: make(chan func(context.Context) error, 64),
 		started:  make(chan struct{}),
 		fetching: map[string]bool{}, fetchSem: make(chan struct{}, maxFetches),
-		lastCount: map[string]uint64{}, online: map[string]bool{}, evalDone: map[uint64]bool{},
+		lastCount: map[string]uint64{}, online: map[string]bool{}, evalDone: map[uint64]bool{}, retryTold: map[string]time.Time{},
 		secDim: map[uint64]int{},
 	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = 5 * time.Second
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 30 * time.Second
+	}
+	s.cfg = cfg
+	s.in = newInbox(cfg.Inbox, cfg.Clock.Now)
+	s.health = newHealth(cfg.Clock, cfg.Log)
+	s.rejLog = sampled(cfg.Log)
 	s.strat = &strategies{beforeFinish: func() { s.fault(FaultAggregate) }}
 	s.strat.secure = func(st aggregation.StreamingStrategy, roundID uint64, dim int) round.Aggregator {
 		s.secDim[roundID] = dim
@@ -227,14 +252,27 @@ func (s *Server) Run(ctx context.Context) error {
 	defer func() { _ = waitSender() }()
 	s.receiver = blob.NewReceiver(s.tr, blob.ReceiverConfig{Limits: blob.Limits{MaxBlobSize: s.cfg.MaxDeltaBytes}}, s.log.Named("blob"))
 
-	subs := make([]transport.Subscription, 0, 4)
-	for _, kind := range []string{topics.KindStatus, topics.KindEnroll, topics.KindUpdate, topics.KindSecAgg} {
+	// Each subscription is drained at once into the inbox, whose queues
+	// have a policy per kind of message (inbox.go); the transport's own
+	// queues never fill.
+	for _, kind := range inKindNames {
 		sub, err := s.tr.Subscribe(ctx, topics.FleetRoot(s.cfg.Fleet)+"/dev/+/out/"+kind)
 		if err != nil {
 			return fmt.Errorf("server: subscribe %s: %w", kind, err)
 		}
-		subs = append(subs, sub)
 		defer func() { _ = sub.Unsubscribe(context.WithoutCancel(ctx)) }()
+		go s.in.drain(sub, func() {
+			if ctx.Err() == nil {
+				s.in.fail(fmt.Errorf("%w: subscription %s closed (transport closed)", errFatal, kind))
+			}
+		})
+	}
+	if s.cfg.ProbeInterval > 0 {
+		stopProbe, err := s.startProbe(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopProbe()
 	}
 	if err := s.secureAbortLost(ctx); err != nil {
 		return err
@@ -251,26 +289,26 @@ func (s *Server) Run(ctx context.Context) error {
 	tick := s.clk.After(s.cfg.TickInterval)
 	for {
 		var err error
+		s.health.idle()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick:
+			s.health.busy()
 			tick = s.clk.After(s.cfg.TickInterval)
+			s.in.forget()
 			err = s.secureTick(ctx)
 			if err == nil || !errors.Is(err, errFatal) {
 				err = errors.Join(err, s.step(ctx, round.Tick{NowUnixMs: s.nowMs()}))
 			}
-		case m, ok := <-subs[0].C():
-			err = s.inbound(ctx, m, ok)
-		case m, ok := <-subs[1].C():
-			err = s.inbound(ctx, m, ok)
-		case m, ok := <-subs[2].C():
-			err = s.inbound(ctx, m, ok)
-		case m, ok := <-subs[3].C():
-			err = s.inbound(ctx, m, ok)
+		case <-s.in.ready:
+			s.health.busy()
+			err = s.inbound(ctx)
 		case fn := <-s.events:
+			s.health.busy()
 			err = fn(ctx)
 		case c := <-s.cmds:
+			s.health.busy()
 			cerr := c.fn(ctx)
 			c.done <- cerr
 			if errors.Is(cerr, errFatal) {
@@ -292,14 +330,30 @@ func (s *Server) Run(ctx context.Context) error {
 // moved on and its batch could not be persisted.
 var errFatal = errors.New("fatal")
 
-func (s *Server) inbound(ctx context.Context, m transport.Message, ok bool) error {
-	if !ok {
-		return fmt.Errorf("%w: subscription closed (transport closed)", errFatal)
-	}
-	if err := s.handle(ctx, m); err != nil {
+// inboundBatch is how many inbound messages the loop handles before it
+// looks at ticks, commands and background results again.
+const inboundBatch = 64
+
+// inbound handles up to inboundBatch messages from the inbox, then tells
+// the devices whose results were shed to resend them later.
+func (s *Server) inbound(ctx context.Context) error {
+	if err := s.in.err(); err != nil {
 		return err
 	}
-	return s.flush(ctx)
+	for range inboundBatch {
+		m, ok := s.in.pop()
+		if !ok {
+			break
+		}
+		if err := s.handle(ctx, m); err != nil {
+			return err
+		}
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
+	}
+	s.in.more()
+	return s.retryLater(ctx)
 }
 
 // restore rebuilds the machine from the store and marks the devices that

@@ -423,6 +423,15 @@ func (m *Machine) taskDone(e EvTaskDone) []Action {
 }
 
 func (m *Machine) ack(a *fedgepb.Ack) []Action {
+	if a.RetryAfterMs > 0 {
+		// The coordinator shed our results unprocessed: resend them all
+		// after the delay it asked for instead of the resend interval.
+		if len(m.pending) == 0 {
+			return []Action{ActIgnore{What: "ack", Reason: "retry later, but nothing is pending"}}
+		}
+		m.lastResend = m.now.Add(time.Duration(a.RetryAfterMs)*time.Millisecond - m.cfg.ResendInterval)
+		return []Action{ActIgnore{What: "ack", Reason: fmt.Sprintf("coordinator busy: resending %d results in %d ms", len(m.pending), a.RetryAfterMs)}}
+	}
 	for i, p := range m.pending {
 		if p.RoundID == a.RoundId && bytes.Equal(p.MessageID, a.MessageId) {
 			m.pending = slices.Delete(m.pending, i, i+1)

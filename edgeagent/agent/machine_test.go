@@ -207,6 +207,20 @@ func TestMachine(t *testing.T) {
 				{EvTask{Task: train(11, 1), Now: t0}, "publish 11"}, // asked again: resend, never retrain
 				{EvTask{Task: train(9, 1), Now: t0}, "ignore task"},
 			}},
+		{name: "a retry-later ack resends every pending result after its delay", models: v1,
+			pending: []Pending{pend(10, 1), pend(11, 1)}, done: []uint64{9},
+			steps: []step{
+				{EvStart{Now: t0}, "publish 10, publish 11"},
+				{EvTick{Now: t0.Add(time.Second)}, ""},
+				{EvAck{Ack: &fedgepb.Ack{RetryAfterMs: 2500, Reason: "busy"}}, "ignore ack"},
+				{EvTick{Now: t0.Add(3 * time.Second)}, ""},
+				{EvTick{Now: t0.Add(3500 * time.Millisecond)}, "publish 10, publish 11"},
+				{EvTick{Now: t0.Add(10 * time.Second)}, ""}, // then the resend interval again
+				{ack(10, 1), "acked 10"},
+				{ack(11, 1), "acked 11"},
+				{EvAck{Ack: &fedgepb.Ack{RetryAfterMs: 2500}}, "ignore ack"},
+				{EvTick{Now: t0.Add(60 * time.Second)}, ""},
+			}},
 		{name: "restart with a task whose model is missing waits", task: train(12, 1), steps: []step{
 			{EvStart{Now: t0}, ""},
 			{EvManifest{mf(1)}, "fetch v1"},

@@ -115,6 +115,11 @@ func DeviceOut(fleet, device, kind string) string {
 // DeviceInAll is the filter a device subscribes to for its own inbox.
 func DeviceInAll(fleet, device string) string { return FleetRoot(fleet) + "/dev/" + device + "/in/#" }
 
+// Probe is the topic the coordinator publishes to itself through the
+// broker to prove it still hears it ("fedge/v1/{fleet}/svc/probe"). Only a
+// coordinator identity may use svc/ topics.
+func Probe(fleet string) string { return FleetRoot(fleet) + "/svc/probe" }
+
 // AllDevicesOut is the filter the coordinator subscribes to for everything
 // devices send: "fedge/v1/{fleet}/dev/+/out/#".
 func AllDevicesOut(fleet string) string { return FleetRoot(fleet) + "/dev/+/out/#" }

@@ -266,7 +266,19 @@ func validateEvaluateResult(m *fedgepb.EvaluateResult, l Limits) error {
 	return checkNonce(m.Nonce)
 }
 
+// MaxRetryAfterMs bounds a "retry later" Ack's delay.
+const MaxRetryAfterMs = 10 * 60 * 1000
+
 func validateAck(m *fedgepb.Ack, l Limits) error {
+	if m.RetryAfterMs > 0 {
+		switch {
+		case m.RetryAfterMs > MaxRetryAfterMs:
+			return bad("retry_after_ms %d over %d", m.RetryAfterMs, MaxRetryAfterMs)
+		case m.Accepted || m.RoundId != 0 || len(m.MessageId) != 0:
+			return bad("a retry-later ack names no round or message and accepts nothing")
+		}
+		return checkString("reason", m.Reason, l)
+	}
 	if err := checkRound(m.RoundId); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ type Client struct {
 	// Guarded by bus.mu.
 	subs   []*subscription
 	closed bool
+	shed   uint64
 }
 
 var _ transport.Transport = (*Client)(nil)
@@ -63,6 +64,13 @@ func (s *subscription) Unsubscribe(ctx context.Context) error {
 	delete(c.sess.filters, s.filter)
 	b.subs.remove(s.filter, c.sess)
 	return nil
+}
+
+// Shed counts messages this client's full queues discarded.
+func (c *Client) Shed() uint64 {
+	c.bus.mu.Lock()
+	defer c.bus.mu.Unlock()
+	return c.shed
 }
 
 // Identity returns the identity the client connected with.
@@ -152,6 +160,7 @@ func (c *Client) offerLocked(s *subscription, msg transport.Message) bool {
 		return true
 	default:
 		s.dropped.Add(1)
+		c.shed++
 		c.bus.stats.Shed++
 		return false
 	}

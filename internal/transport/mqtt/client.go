@@ -331,6 +331,9 @@ func (c *Client) Stats() Stats {
 	}
 }
 
+// Shed counts messages acknowledged and discarded on a full queue.
+func (c *Client) Shed() uint64 { return c.shed.Load() }
+
 // Close disconnects cleanly (the will is not sent) and closes every
 // subscription's channel. The broker keeps a persistent session.
 func (c *Client) Close() error {

@@ -166,6 +166,19 @@ func badCases() []Case {
 	e.Payload = payloadOf(goodUpd)
 	add("update labelled ack", topics.DeviceIn(Fleet, Device, topics.KindAck), signed(e, Key(wire.CoordinatorID)), wire.ReasonBadField)
 
+	// Retry-later acks: they name no round or message and accept nothing.
+	ack := fedgepb.PayloadType_PAYLOAD_TYPE_ACK
+	r, t := modified("retry later", ack, func(m *fedgepb.Ack) {
+		m.RoundId, m.MessageId, m.Accepted, m.Reason, m.RetryAfterMs = 0, nil, false, "busy", 2500
+	})
+	add("accepted retry-later ack", t, r, wire.ReasonNone)
+	r, t = modified("retry later round", ack, func(m *fedgepb.Ack) { m.Accepted, m.Reason, m.RetryAfterMs = false, "busy", 2500 })
+	add("retry-later ack naming a message", t, r, wire.ReasonBadField)
+	r, t = modified("retry later long", ack, func(m *fedgepb.Ack) {
+		m.RoundId, m.MessageId, m.Accepted, m.RetryAfterMs = 0, nil, false, wire.MaxRetryAfterMs+1
+	})
+	add("retry-later ack over the bound", t, r, wire.ReasonBadField)
+
 	// Topic and sender binding.
 	add("not a fedge topic", "some/other/topic", goodUpd, wire.ReasonBadTopic)
 	add("sender mismatch", topics.DeviceOut(Fleet, OtherDevice, topics.KindUpdate), goodUpd, wire.ReasonSenderMismatch)

@@ -2,6 +2,7 @@ package wiretest
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/fedge-dev/fedge/internal/wire"
@@ -33,8 +34,9 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
-// TestCoverage: one good case per payload type, unique names, and every
-// good case really is good under the table's own keys and limits.
+// TestCoverage: one "good" case per payload type (more good variants may
+// follow under other names), unique names, and every good case really is
+// good under the table's own keys and limits.
 func TestCoverage(t *testing.T) {
 	names := map[string]bool{}
 	good := 0
@@ -44,7 +46,9 @@ func TestCoverage(t *testing.T) {
 		}
 		names[c.Name] = true
 		if c.Reason == wire.ReasonNone {
-			good++
+			if strings.HasPrefix(c.Name, "good ") {
+				good++
+			}
 			if _, err := wire.Accept(c.Topic, c.Raw, Limits(), Keys()); err != nil {
 				t.Errorf("good case %q rejected: %v", c.Name, err)
 			}

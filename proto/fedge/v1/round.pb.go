@@ -837,13 +837,19 @@ func (x *EvaluateResult) GetNonce() []byte {
 	return nil
 }
 
-// Ack acknowledges an update (or refuses it with a reason).
+// Ack acknowledges an update (or refuses it with a reason). With
+// retry_after_ms > 0 it is a "retry later" answer instead: the coordinator
+// shed the device's results unprocessed (its inbound queue was full or the
+// device was over its rate); the device keeps every unacknowledged result
+// and resends them all after that many milliseconds. round_id and
+// message_id are then unset and accepted is false.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RoundId       uint64                 `protobuf:"varint,1,opt,name=round_id,json=roundId,proto3" json:"round_id,omitempty"`
 	MessageId     []byte                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	Accepted      bool                   `protobuf:"varint,3,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	RetryAfterMs  uint32                 `protobuf:"varint,5,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -904,6 +910,13 @@ func (x *Ack) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Ack) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 // SecAggMessage carries one secure aggregation stage message (aggregation/secagg encoding).
@@ -1041,13 +1054,14 @@ const file_fedge_v1_round_proto_rawDesc = "" +
 	"\fsample_count\x18\x04 \x01(\x04R\vsampleCount\x12\x12\n" +
 	"\x04loss\x18\x05 \x01(\x01R\x04loss\x12\x1a\n" +
 	"\baccuracy\x18\x06 \x01(\x01R\baccuracy\x12\x14\n" +
-	"\x05nonce\x18\a \x01(\fR\x05nonce\"s\n" +
+	"\x05nonce\x18\a \x01(\fR\x05nonce\"\x99\x01\n" +
 	"\x03Ack\x12\x19\n" +
 	"\bround_id\x18\x01 \x01(\x04R\aroundId\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x02 \x01(\fR\tmessageId\x12\x1a\n" +
 	"\baccepted\x18\x03 \x01(\bR\baccepted\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"T\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12$\n" +
+	"\x0eretry_after_ms\x18\x05 \x01(\rR\fretryAfterMs\"T\n" +
 	"\rSecAggMessage\x12\x19\n" +
 	"\bround_id\x18\x01 \x01(\x04R\aroundId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\rR\x05stage\x12\x12\n" +
