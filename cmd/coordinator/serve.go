@@ -145,7 +145,9 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	}
 
 	var bcreds *broker.Credentials
-	mcfg := mqtt.Config{ClientID: "coordinator-" + f.fleet}
+	// A deep queue: the inbox drains it at once, so it only has to absorb
+	// what arrives while the reader waits for a core.
+	mcfg := mqtt.Config{ClientID: "coordinator-" + f.fleet, QueueSize: 4096}
 	if f.brokerURL == "" {
 		b, c, url, password, err := startBroker(f, creds, log)
 		if err != nil {

@@ -180,14 +180,17 @@ func TestBurstKeepsHearing(t *testing.T) {
 			shed += n
 		}
 	}
+	// The memory bus delivers a publish synchronously, so the test's tight
+	// loop can outrun the inbox's reader: the transport then sheds too,
+	// counted apart.
 	queued := in.Accepted["status"] + in.Accepted["update"]
-	if shed == 0 || queued+shed < 12_000 {
+	if shed == 0 || queued+shed+in.TransportShed < 12_000 {
 		t.Fatalf("inbound %+v: want the 12,000 flood messages queued or shed", in)
 	}
 	if doc.History[0].Accepted != 2 {
 		t.Fatalf("round accepted %d updates, want 2 (the replays count once)", doc.History[0].Accepted)
 	}
-	t.Logf("flood: %d queued, shed %v; rejections %v", queued, in.Shed, doc.Rejections)
+	t.Logf("flood: %d queued, shed %v, %d shed by the transport; rejections %v", queued, in.Shed, in.TransportShed, doc.Rejections)
 	h.waitFor("inbox drained", func() bool { q := h.status().Inbound.Queued; return q["status"]+q["update"] == 0 })
 	if !h.status().Inbound.Healthy {
 		t.Fatalf("unhealthy after the flood: %v", h.status().Inbound.Problems)
