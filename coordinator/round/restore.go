@@ -221,6 +221,16 @@ type Status struct {
 	NowUnixMs                    int64
 }
 
+// Reported reports whether the current round holds an accepted update of
+// device: a resend of it needs no delta (the machine re-acknowledges it).
+func (m *Machine) Reported(device string, roundID uint64) bool {
+	if m.round == nil || m.round.rec.RoundId != roundID {
+		return false
+	}
+	_, ok := m.round.accepted[device]
+	return ok
+}
+
 // Status reports the active run's progress; RunID 0 if none.
 func (m *Machine) Status() Status {
 	s := Status{NowUnixMs: m.now}

@@ -135,6 +135,12 @@ func (s *Server) update(ctx context.Context, msgID []byte, u *fedgepb.Update) er
 		// records it late, or re-acks it) without the blob.
 		return s.step(ctx, round.UpdateReceived{MessageID: msgID, Update: u})
 	}
+	if s.m.Reported(u.DeviceId, u.RoundId) {
+		// A resend of an update already on disk (our ack was lost, or
+		// crossed the resend): re-acknowledge it without fetching a blob the
+		// device may have deleted already.
+		return s.step(ctx, round.UpdateReceived{MessageID: msgID, Update: u})
+	}
 	id, err := blobID(u.DeltaBlobId)
 	if err != nil {
 		return s.step(ctx, round.UpdateRefused{MessageID: msgID, Device: u.DeviceId, RoundID: u.RoundId, Reason: round.ReasonBadEncoding})

@@ -336,3 +336,45 @@ func TestOptimizerStateSurvivesRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestBlobUpdateResendNeedsNoBlob: a device resends an update whose blob
+// the coordinator already fetched and acknowledged, after deleting the
+// blob (the ack crossed the resend). It is acknowledged again at once,
+// without a second fetch that could only fail against an honest device.
+func TestBlobUpdateResendNeedsNoBlob(t *testing.T) {
+	h := newHarness(t)
+	ags := h.online("dev-a", "dev-b")
+	h.startRun(startReq(1, 2))
+	dim := h.dimOf()
+	task := ags[0].task()
+	enc := encodeF32(t, constDelta(dim, 0.25))
+	snd := blob.NewSender(ags[0].c, blob.Device(testFleet, "dev-a"), blob.SenderConfig{ChunkSize: 4 << 10}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := snd.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := snd.Offer(ctx, enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := fixLen(ags[0].update(task, 10, constDelta(dim, 0)))
+	u.EncodedDelta, u.DeltaBlobId, u.DeltaLength = nil, desc.BlobId, uint64(len(enc))
+	raw, id := ags[0].seal(fedgepb.PayloadType_PAYLOAD_TYPE_UPDATE, u)
+	ags[0].raw(topics.KindUpdate, raw)
+	if ack := ags[0].ack(id); !ack.Accepted {
+		t.Fatalf("blob update refused: %+v", ack)
+	}
+	bid, _ := blobID(desc.BlobId)
+	if err := snd.Withdraw(ctx, bid); err != nil {
+		t.Fatal(err)
+	}
+	ags[0].raw(topics.KindUpdate, raw)
+	if ack := ags[0].ack(id); !ack.Accepted {
+		t.Fatalf("resend: %+v, want accepted", ack)
+	}
+	rej := h.status().Rejections
+	if rej[ReasonBlobFetch] != 0 || rej["already_stored"] != 1 {
+		t.Fatalf("rejections %v: want the resend counted as already stored, no blob fetch failure", rej)
+	}
+}
