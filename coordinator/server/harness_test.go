@@ -22,6 +22,7 @@ import (
 	"github.com/fedge-dev/fedge/internal/clock"
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
+	"github.com/fedge-dev/fedge/internal/transport/blob"
 	"github.com/fedge-dev/fedge/internal/transport/memory"
 	"github.com/fedge-dev/fedge/internal/wire"
 	"github.com/fedge-dev/fedge/internal/wire/wiretest"
@@ -385,4 +386,12 @@ func fixLen(u *fedgepb.Update) *fedgepb.Update {
 		u.DeltaLength = uint64(len(u.EncodedDelta))
 	}
 	return u
+}
+
+// deviceBlobSender serves a fake device's update blobs to the coordinator's
+// signed requests.
+func (h *harness) deviceBlobSender(tr transport.Transport, id string) *blob.Sender {
+	keys := wire.StaticKeys(map[string]ed25519.PublicKey{wire.CoordinatorID: h.key.Public().(ed25519.PublicKey)})
+	return blob.NewSender(tr, blob.Device(testFleet, id), blob.SenderConfig{ChunkSize: 4 << 10,
+		Open: wire.BlobRequestOpener(wire.Limits{}, keys, nil)}, nil)
 }

@@ -261,3 +261,17 @@ func (s *Server) countRejections() {
 		}
 	}
 }
+
+// openBlobRequest authenticates a device's request for model chunks: a
+// signed envelope from an approved device, on its own request topic. It
+// runs on the blob sender's goroutine; the device table is safe to share.
+func (s *Server) openBlobRequest(topic string, payload []byte) (*fedgepb.BlobRequest, string, error) {
+	req, dev, err := wire.BlobRequestOpener(s.limits, s.keys, func(r wire.Reason) {
+		s.wireCnt.Rejected(r)
+		s.metrics.messageRejected(string(r))
+	})(topic, payload)
+	if err == nil && !s.devices.Approved(dev) {
+		err = fmt.Errorf("blob request from %q, which is not an approved device", dev)
+	}
+	return req, dev, err
+}

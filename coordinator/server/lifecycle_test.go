@@ -11,7 +11,6 @@ import (
 	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/coordinator/registry"
 	"github.com/fedge-dev/fedge/internal/topics"
-	"github.com/fedge-dev/fedge/internal/transport/blob"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
 
@@ -173,7 +172,7 @@ func TestBlobUpdate(t *testing.T) {
 	dim := h.dimOf()
 	task := a.task()
 	enc := encodeF32(t, constDelta(dim, 0.25))
-	snd := blob.NewSender(a.c, blob.Device(testFleet, "dev-a"), blob.SenderConfig{ChunkSize: 4 << 10}, nil)
+	snd := h.deviceBlobSender(a.c, "dev-a")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := snd.Start(ctx); err != nil {
@@ -348,7 +347,7 @@ func TestBlobUpdateResendNeedsNoBlob(t *testing.T) {
 	dim := h.dimOf()
 	task := ags[0].task()
 	enc := encodeF32(t, constDelta(dim, 0.25))
-	snd := blob.NewSender(ags[0].c, blob.Device(testFleet, "dev-a"), blob.SenderConfig{ChunkSize: 4 << 10}, nil)
+	snd := h.deviceBlobSender(ags[0].c, "dev-a")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := snd.Start(ctx); err != nil {

@@ -38,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		roundAccuracy: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedge_round_accuracy", Help: "Accuracy of the last finished round (server, else federated, else training)."}),
 		modelVersion:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedge_model_version", Help: "Latest committed global model version."}),
 		bytesInTotal:  prometheus.NewCounter(prometheus.CounterOpts{Name: "fedge_bytes_in_total", Help: "Bytes received from devices (messages and update blobs)."}),
-		bytesOutTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedge_bytes_out_total", Help: "Bytes published to devices (messages; model weights counted once per version)."}),
+		bytesOutTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedge_bytes_out_total", Help: "Bytes published to devices (messages, and model blob chunks each time they are sent)."}),
 	}
 	for _, c := range []prometheus.Collector{m.roundsCommitted, m.roundsFailed, m.updatesAccepted, m.updatesRefused,
 		m.messagesRefused, m.devicesOnline, m.roundDuration, m.roundAccuracy, m.modelVersion, m.bytesInTotal, m.bytesOutTotal} {

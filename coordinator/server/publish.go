@@ -176,7 +176,6 @@ func (s *Server) publishModel(ctx context.Context, mv *store.ModelVersion) error
 			}
 		}
 	}
-	s.metrics.bytesOut(len(mv.Weights))
 	return s.publish(ctx, topics.Manifest(s.cfg.Fleet), fedgepb.PayloadType_PAYLOAD_TYPE_MODEL_MANIFEST, man, true)
 }
 

@@ -13,7 +13,6 @@ import (
 	"github.com/fedge-dev/fedge/aggregation/secagg"
 	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/internal/topics"
-	"github.com/fedge-dev/fedge/internal/transport/blob"
 	"github.com/fedge-dev/fedge/internal/wire/wiretest"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
@@ -161,7 +160,7 @@ func runSecureRound(t *testing.T, ids []string, quorum uint32, failure string) {
 			Codec: fedgepb.Codec_CODEC_SECAGG, EncodedDelta: masked, Nonce: d.task.Nonce, Metrics: &fedgepb.TrainMetrics{Loss: 0.5, Accuracy: 0.8}}
 		if d.id == "sa-1" {
 			// A large masked input travels as a blob, like a plain update.
-			snd := blob.NewSender(d.c, blob.Device(testFleet, d.id), blob.SenderConfig{ChunkSize: 4 << 10}, nil)
+			snd := h.deviceBlobSender(d.c, d.id)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if _, err := snd.Start(ctx); err != nil {

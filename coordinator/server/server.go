@@ -98,6 +98,10 @@ type Config struct {
 	FaultPoint func(name string)
 	// Inbox bounds the inbound queues and sets each device's rate.
 	Inbox InboxConfig
+	// BlobRequestRate bounds the model chunk bytes a device may ask for
+	// per second (default 4 MiB/s after a burst of four models' worth;
+	// negative: unlimited).
+	BlobRequestRate float64
 	// ProbeInterval, if set, is how often the coordinator publishes a
 	// probe to itself through the broker; ProbeTimeout (default 5 s) is
 	// how long a probe may take before Health reports the coordinator deaf.
@@ -204,6 +208,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		lastCount: map[string]uint64{}, online: map[string]bool{}, evalDone: map[uint64]bool{}, retryTold: map[string]time.Time{},
 		secDim: map[uint64]int{},
 	}
+	if cfg.BlobRequestRate == 0 {
+		cfg.BlobRequestRate = 4 << 20
+	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = 5 * time.Second
 	}
@@ -244,13 +251,16 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.restore(ctx); err != nil {
 		return err
 	}
-	s.sender = blob.NewSender(s.tr, blob.Coordinator(s.cfg.Fleet), blob.SenderConfig{ChunkSize: s.cfg.BlobChunkSize}, s.log.Named("blob"))
+	s.sender = blob.NewSender(s.tr, blob.Coordinator(s.cfg.Fleet), blob.SenderConfig{
+		ChunkSize: s.cfg.BlobChunkSize, Open: s.openBlobRequest, RequesterRate: s.cfg.BlobRequestRate, Sent: s.metrics.bytesOut,
+	}, s.log.Named("blob"))
 	waitSender, err := s.sender.Start(ctx)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 	defer func() { _ = waitSender() }()
-	s.receiver = blob.NewReceiver(s.tr, blob.ReceiverConfig{Limits: blob.Limits{MaxBlobSize: s.cfg.MaxDeltaBytes}}, s.log.Named("blob"))
+	s.receiver = blob.NewReceiver(s.tr, blob.ReceiverConfig{Limits: blob.Limits{MaxBlobSize: s.cfg.MaxDeltaBytes},
+		Seal: wire.BlobRequestSealer(s.cfg.Key, wire.CoordinatorID, s.clk.Now)}, s.log.Named("blob"))
 
 	// Each subscription is drained at once into the inbox, whose queues
 	// have a policy per kind of message (inbox.go); the transport's own

@@ -79,11 +79,13 @@ func newFakeCoordinatorOn(t testing.TB, tr transport.Transport, key ed25519.Priv
 		devKeys: map[string]ed25519.PublicKey{}, deltas: map[string][]float32{}, ackedOnce: map[string]int{}}
 	// Handlers report to t, so they must be done before the test is.
 	t.Cleanup(func() { cancel(); c.serving.Wait() })
-	c.sender = blob.NewSender(tr, blob.Coordinator(fleet), blob.SenderConfig{ChunkSize: 16 << 10}, nil)
+	c.sender = blob.NewSender(tr, blob.Coordinator(fleet), blob.SenderConfig{ChunkSize: 16 << 10,
+		Open: wire.BlobRequestOpener(wire.Limits{}, c.keys, nil)}, nil)
 	if _, err := c.sender.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c.recv = blob.NewReceiver(tr, blob.ReceiverConfig{RetryInterval: 200 * time.Millisecond}, nil)
+	c.recv = blob.NewReceiver(tr, blob.ReceiverConfig{RetryInterval: 200 * time.Millisecond,
+		Seal: wire.BlobRequestSealer(key, wire.CoordinatorID, time.Now)}, nil)
 	for _, kind := range []string{topics.KindUpdate, topics.KindStatus, topics.KindEnroll} {
 		sub, err := tr.Subscribe(ctx, topics.FleetRoot(fleet)+"/dev/+/out/"+kind)
 		if err != nil {

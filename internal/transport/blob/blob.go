@@ -72,6 +72,7 @@ var (
 	ErrHashMismatch = errors.New("hash mismatch")
 	ErrUnknownBlob  = errors.New("unknown blob")
 	ErrBusy         = errors.New("blob is being fetched already")
+	ErrRateLimited  = errors.New("requester over its rate")
 )
 
 // Origin says who serves a blob, which fixes its topics: the fleet's

@@ -29,6 +29,9 @@ type ReceiverConfig struct {
 	RetryInterval time.Duration
 	// Limits bound the descriptor and chunks accepted.
 	Limits Limits
+	// Seal, if set, wraps every request (in a signed envelope, for a
+	// Sender whose Open checks it); without it requests go out bare.
+	Seal func(req *fedgepb.BlobRequest) ([]byte, error)
 }
 
 // ReceiverStats are counters of a Receiver.
@@ -200,7 +203,14 @@ func (f *fetch) request(ctx context.Context) {
 			f.asked[i] = now
 		}
 	}
-	raw, err := proto.Marshal(&fedgepb.BlobRequest{BlobId: f.id[:], Indices: indices})
+	req := &fedgepb.BlobRequest{BlobId: f.id[:], Indices: indices}
+	var raw []byte
+	var err error
+	if r.cfg.Seal != nil {
+		raw, err = r.cfg.Seal(req)
+	} else {
+		raw, err = proto.Marshal(req)
+	}
 	if err != nil {
 		r.log.Error("marshal blob request", zap.Error(err))
 		return

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 )
@@ -22,12 +24,27 @@ type SenderConfig struct {
 	Workers int
 	// Limits bound incoming requests.
 	Limits Limits
+	// Open, if set, authenticates a request and names who sent it (a
+	// device for coordinator blobs): the coordinator and agents open signed
+	// envelopes. Without it requests are bare BlobRequest messages and the
+	// requester is the device its topic names.
+	Open func(topic string, payload []byte) (req *fedgepb.BlobRequest, requester string, err error)
+	// RequesterRate, if positive, bounds the chunk bytes each requester may
+	// ask for per second, with a bucket of RequesterBurst bytes (default 4
+	// blobs' worth of the largest offered, at least 16 MiB). A request over
+	// it is refused and counted; the receiver asks again after its retry
+	// interval.
+	RequesterRate  float64
+	RequesterBurst float64
+	// Sent, if set, is told the bytes of every chunk published.
+	Sent func(n int)
 }
 
 // SenderStats are counters of a Sender.
 type SenderStats struct {
 	Requests    uint64 // valid requests received
-	BadRequests uint64 // requests rejected (malformed, unknown blob, index out of range)
+	BadRequests uint64 // requests rejected (malformed, unauthenticated, unknown blob, index out of range)
+	RateLimited uint64 // valid requests refused because their requester was over its rate
 	ChunksSent  uint64
 	BytesSent   uint64 // chunk data bytes
 	Coalesced   uint64 // requested chunks already waiting to be sent
@@ -49,7 +66,15 @@ type Sender struct {
 	pending map[job]struct{} // what queue holds, to coalesce requests
 	wake    chan struct{}
 
-	requests, badRequests, chunksSent, bytesSent, coalesced, descriptors, publishErrs atomic.Uint64
+	requests, badRequests, rateLimited, chunksSent, bytesSent, coalesced, descriptors, publishErrs atomic.Uint64
+
+	// Requesters' buckets, guarded by mu.
+	buckets map[string]*reqBucket
+}
+
+type reqBucket struct {
+	bytes float64
+	last  time.Time
 }
 
 type offered struct {
@@ -79,8 +104,8 @@ func NewSender(tr transport.Transport, origin Origin, cfg SenderConfig, log *zap
 	return &Sender{
 		tr: tr, origin: origin, cfg: cfg, log: log,
 		blobs:   make(map[ID]*offered),
-		pending: make(map[job]struct{}),
-		wake:    make(chan struct{}, 1),
+		pending: make(map[job]struct{}), buckets: map[string]*reqBucket{},
+		wake: make(chan struct{}, 1),
 	}
 }
 
@@ -138,7 +163,7 @@ func (s *Sender) ChunkSends(id ID) []uint32 {
 // Stats returns a snapshot of the counters.
 func (s *Sender) Stats() SenderStats {
 	return SenderStats{
-		Requests: s.requests.Load(), BadRequests: s.badRequests.Load(),
+		Requests: s.requests.Load(), BadRequests: s.badRequests.Load(), RateLimited: s.rateLimited.Load(),
 		ChunksSent: s.chunksSent.Load(), BytesSent: s.bytesSent.Load(),
 		Coalesced: s.coalesced.Load(), Descriptors: s.descriptors.Load(),
 		PublishErrs: s.publishErrs.Load(),
@@ -190,9 +215,12 @@ func (s *Sender) serve(ctx context.Context, sub transport.Subscription) error {
 			if !ok {
 				return fmt.Errorf("serve blobs: %w", transport.ErrClosed)
 			}
-			if err := s.handleRequest(m); err != nil {
+			if err := s.handleRequest(m); errors.Is(err, ErrRateLimited) {
+				s.rateLimited.Add(1)
+				s.log.Debug("blob request refused", zap.String("topic", m.Topic), zap.Error(err))
+			} else if err != nil {
 				s.badRequests.Add(1)
-				s.log.Warn("blob request rejected", zap.String("topic", m.Topic), zap.Error(err))
+				s.log.Debug("blob request rejected", zap.String("topic", m.Topic), zap.Error(err))
 			}
 		}
 	}
@@ -204,9 +232,19 @@ func (s *Sender) handleRequest(m transport.Message) error {
 	if err != nil {
 		return err
 	}
-	req, err := DecodeRequest(m.Payload, s.cfg.Limits)
-	if err != nil {
-		return err
+	var req *fedgepb.BlobRequest
+	var requester string
+	if s.cfg.Open != nil {
+		if req, requester, err = s.cfg.Open(m.Topic, m.Payload); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	} else {
+		if req, err = DecodeRequest(m.Payload, s.cfg.Limits); err != nil {
+			return err
+		}
+		if p, perr := topics.Parse(m.Topic); perr == nil {
+			requester = p.Device
+		}
 	}
 	id, _ := idFromBytes(req.BlobId)
 	if id != topicID {
@@ -224,6 +262,9 @@ func (s *Sender) handleRequest(m transport.Message) error {
 			return fmt.Errorf("%w: request for chunk %d of %s, which has %d", ErrInvalid, i, id, n)
 		}
 	}
+	if !s.allowLocked(requester, b, len(req.Indices)) {
+		return fmt.Errorf("%s asked for %d chunks of %s: %w", requester, len(req.Indices), id, ErrRateLimited)
+	}
 	s.requests.Add(1)
 	if len(req.Indices) == 0 {
 		s.enqueueLocked(job{id: id, index: -1})
@@ -237,6 +278,43 @@ func (s *Sender) handleRequest(m transport.Message) error {
 	}
 	return nil
 }
+
+// allowLocked charges a request for n chunks of b (a descriptor request
+// costs one chunk's worth) to its requester's bucket.
+func (s *Sender) allowLocked(requester string, b *offered, n int) bool {
+	if s.cfg.RequesterRate <= 0 {
+		return true
+	}
+	burst := s.cfg.RequesterBurst
+	if burst <= 0 {
+		burst = max(16<<20, 4*float64(b.desc.Length))
+	}
+	now := time.Now()
+	bk := s.buckets[requester]
+	if bk == nil {
+		if len(s.buckets) >= maxBuckets {
+			for k, v := range s.buckets {
+				if now.Sub(v.last) > time.Minute {
+					delete(s.buckets, k)
+				}
+			}
+		}
+		bk = &reqBucket{bytes: burst, last: now}
+		s.buckets[requester] = bk
+	}
+	bk.bytes = min(burst, bk.bytes+now.Sub(bk.last).Seconds()*s.cfg.RequesterRate)
+	bk.last = now
+	cost := float64(max(n, 1)) * float64(b.desc.ChunkSize)
+	if bk.bytes < cost {
+		return false
+	}
+	bk.bytes -= cost
+	return true
+}
+
+// maxBuckets is how many requesters' buckets are kept before idle ones are
+// forgotten.
+const maxBuckets = 1 << 16
 
 func (s *Sender) enqueueLocked(j job) {
 	if _, ok := s.pending[j]; ok {
@@ -311,5 +389,8 @@ func (s *Sender) publish(ctx context.Context, j job, b *offered) error {
 	}
 	s.chunksSent.Add(1)
 	s.bytesSent.Add(uint64(len(data)))
+	if s.cfg.Sent != nil {
+		s.cfg.Sent(len(raw))
+	}
 	return nil
 }
