@@ -306,3 +306,57 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 	}
 	return b
 }
+
+// A sender with Open serves only the requests it authenticates, and each
+// requester only up to its rate: a flood of valid requests from one device
+// costs the chunks its bucket allows, and another device still gets the
+// blob. Every chunk published is reported to Sent.
+func TestSenderAuthenticatesAndRateLimits(t *testing.T) {
+	log := zaptest.NewLogger(t)
+	bus := memory.NewBus(memory.Config{}, log)
+	coord := connect(t, bus, coordinator())
+	var sentMu sync.Mutex
+	sent := 0
+	open := func(topic string, payload []byte) (*fedgepb.BlobRequest, string, error) {
+		p, _ := topics.Parse(topic)
+		if p.Device == "intruder" {
+			return nil, "", errors.New("unknown device")
+		}
+		req, err := blob.DecodeRequest(payload, blob.Limits{})
+		return req, p.Device, err
+	}
+	sender := blob.NewSender(coord, blob.Coordinator(fleet), blob.SenderConfig{ChunkSize: 1 << 10, Open: open,
+		RequesterRate: 1 << 10, RequesterBurst: 8 << 10,
+		Sent: func(n int) { sentMu.Lock(); sent += n; sentMu.Unlock() }}, log)
+	serve(t, sender)
+	model := payload(4<<10, 3)
+	id := blob.Sum(model)
+	if _, err := sender.Offer(context.Background(), model); err != nil {
+		t.Fatal(err)
+	}
+	origin := blob.Coordinator(fleet)
+	for _, d := range []string{"intruder", "flooder"} {
+		c := connect(t, bus, device(d))
+		for range 100 {
+			req := mustMarshal(t, &fedgepb.BlobRequest{BlobId: id[:], Indices: []uint32{0, 1, 2, 3}})
+			if err := c.Publish(context.Background(), origin.RequestTopic(id, d), req, transport.PublishOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	dev := connect(t, bus, device("d1"))
+	got, err := blob.NewReceiver(dev, blob.ReceiverConfig{Self: "d1"}, log).Fetch(fetchCtx(t), origin, id)
+	if err != nil || !bytes.Equal(got, model) {
+		t.Fatalf("honest fetch: %v", err)
+	}
+	st := sender.Stats()
+	// The flooder's bucket holds 8 chunks: two requests of four.
+	if st.BadRequests != 100 || st.RateLimited < 97 || st.RateLimited > 98 {
+		t.Fatalf("stats %+v: want 100 bad requests and 97-98 rate limited", st)
+	}
+	sentMu.Lock()
+	defer sentMu.Unlock()
+	if sent == 0 || uint64(sent) < st.BytesSent {
+		t.Fatalf("Sent saw %d bytes, stats say %d chunk data bytes", sent, st.BytesSent)
+	}
+}
