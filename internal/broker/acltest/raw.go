@@ -74,6 +74,10 @@ func (c RawConnect) Do(addr string, tc *tls.Config) (byte, error) {
 	}
 	defer conn.Close()
 	if tc != nil {
+		if tc.ServerName == "" {
+			tc = tc.Clone()
+			tc.ServerName, _, _ = net.SplitHostPort(addr)
+		}
 		tconn := tls.Client(conn, tc)
 		if err := tconn.Handshake(); err != nil {
 			return 0, fmt.Errorf("tls handshake: %w", err)
