@@ -14,13 +14,15 @@ import (
 // Defaults of the per-device limits, filled in by New.
 const (
 	// DefaultDevicePublishRate is the sustained publishes per second a
-	// device may make: far above what the protocol needs (a status, an
-	// update and the chunks the coordinator asks for, a window at a time),
-	// low enough that one device cannot keep the broker busy alone.
-	DefaultDevicePublishRate = 100
+	// device may make. A device fetching a model asks for one chunk per
+	// chunk received, so this bounds its download at rate x chunk size
+	// (125 MiB/s in 256 KiB chunks), beyond any device's link; a flooding
+	// device gets about 1% of the 45,000 QoS 1 publishes a second the broker
+	// delivers on two cores (BenchmarkPublishQoS1).
+	DefaultDevicePublishRate = 500
 	// DefaultDevicePublishBurst is how many publishes a device may make at
-	// once after being quiet; it covers a whole update blob of 1,000 chunks.
-	DefaultDevicePublishBurst = 1000
+	// once after being quiet.
+	DefaultDevicePublishBurst = 5000
 	// DefaultMaxDeviceRetained is how many retained blob descriptors one
 	// device may have at once (it withdraws each after the coordinator has
 	// fetched the blob, and the coordinator clears it too).
