@@ -4,18 +4,26 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/fedge-dev/fedge/coordinator/admin"
+	"github.com/fedge-dev/fedge/internal/broker"
+	"github.com/fedge-dev/fedge/internal/broker/acltest"
 	"github.com/fedge-dev/fedge/internal/broker/mosquitto"
 	"github.com/fedge-dev/fedge/internal/mosquittotest"
+	"github.com/fedge-dev/fedge/internal/topics"
 )
 
 func TestBrokerConfigUsage(t *testing.T) {
@@ -233,4 +241,50 @@ func TestExternalMosquittoFromBrokerConfig(t *testing.T) {
 		t.Fatalf("Mosquitto opened a plain listener:\n%s", mq.Log())
 	}
 	t.Logf("external Mosquitto fleet: one round in %v", time.Since(f.start).Round(time.Millisecond))
+}
+
+// TestEmbeddedBrokerMetrics: the coordinator's /metrics exposes the
+// embedded broker's counters, rate-limited publishes included.
+func TestEmbeddedBrokerMetrics(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	brokerAddr := freeAddr(t)
+	f := startFleet(t, ctx, []string{"--listen", brokerAddr})
+	res, err := f.c.AddDevice(ctx, "dev-m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A device flooding its status: the first DefaultDevicePublishBurst
+	// pass, the rest are dropped and counted.
+	c, err := acltest.TryConnect(paho.NewClientOptions().AddBroker("tcp://" + brokerAddr).
+		SetUsername(res.Username).SetPassword(res.Password).SetClientID("dev-m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(0)
+	topic := topics.DeviceOut("itest", "dev-m", "flood")
+	for range broker.DefaultDevicePublishBurst + 200 {
+		c.Publish(topic, 0, false, []byte("x"))
+	}
+	if tok := c.Publish(topic, 1, false, []byte("x")); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", f.c.BaseURL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+f.c.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^fedge_broker_rate_limited_total (\d+)`).FindSubmatch(body)
+	if resp.StatusCode != http.StatusOK || m == nil {
+		t.Fatalf("/metrics %d has no fedge_broker_rate_limited_total:\n%.2000s", resp.StatusCode, body)
+	}
+	if n, _ := strconv.Atoi(string(m[1])); n < 100 {
+		t.Fatalf("fedge_broker_rate_limited_total %d, want at least 100 of the 200 over the burst", n)
+	}
+	if !bytes.Contains(body, []byte("fedge_broker_connects_accepted_total")) {
+		t.Fatal("/metrics lacks the broker's connection counters")
+	}
 }
