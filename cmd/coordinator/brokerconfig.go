@@ -72,6 +72,9 @@ func brokerConfigCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if generated && o.RequireClientCert {
+		return fmt.Errorf("%w: --require-client-cert needs --tls-ca (and --tls-cert, --tls-key): the CA that issues the devices' certificates", errUsage)
+	}
 	if o.PersistenceDir == "" {
 		o.PersistenceDir = filepath.Join(outDir, "data")
 	}

@@ -34,6 +34,7 @@ func TestBrokerConfigUsage(t *testing.T) {
 		{"broker-config", "mosquitto"},
 		{"broker-config", "mosquitto", "--out", dir, "--tls-cert", "x.pem"},
 		{"broker-config", "mosquitto", "--out", dir, "extra"},
+		{"broker-config", "mosquitto", "--out", dir, "--data", filepath.Join(dir, "d"), "--require-client-cert"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(args, &out, &errb); code != 2 {

@@ -92,7 +92,7 @@ func (h *authHook) checkRetain(id topics.Identity, pk packets.Packet) (string, p
 		return "retained payload over the device limit", packets.ErrPacketTooLarge
 	}
 	n := 0
-	for _, m := range h.srv.Topics.Messages(topics.FleetRoot(id.Fleet) + "/dev/" + id.ID + "/#") {
+	for _, m := range h.srv.Topics.Messages(topics.FleetRoot(id.Fleet) + "/dev/" + id.ID + "/out/#") {
 		if m.TopicName != pk.TopicName {
 			n++
 		}
