@@ -290,3 +290,19 @@ func TestGeneratedConfigRetained(t *testing.T) {
 		t.Fatalf("retained on Mosquitto: %v, want %v", got, want)
 	}
 }
+
+// TestGeneratedConfigSysPublish: on Mosquitto too a device's QoS 1 publish
+// to $SYS is answered (acknowledged and dropped, or the connection ends),
+// never left waiting.
+func TestGeneratedConfigSysPublish(t *testing.T) {
+	b := startGenerated(t)
+	lost := make(chan string, 1)
+	dev := b.connect(t, "dev-a", "dev-a", lost)
+	tok := dev.Publish("$SYS/broker/uptime", 1, false, []byte("forged"))
+	select {
+	case <-tok.Done():
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("QoS 1 publish to $SYS neither acknowledged nor disconnected")
+	}
+}
