@@ -248,10 +248,12 @@ func clientCmd(cmd, sub string, args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 			fmt.Fprintf(stdout, "device %s registered; shown once, store them in the agent's config:\n", r.DeviceID)
-			if r.Password != "" {
-				fmt.Fprintf(stdout, "  broker username:  %s\n  broker password:  %s\n", r.Username, r.Password)
-			}
 			fmt.Fprintf(stdout, "  enrollment token: %s\n", r.Token)
+			if r.Password == "" {
+				// The daemon uses an external broker, which keeps the accounts.
+				return externalDeviceAccount(stdout, cf.data, r.DeviceID)
+			}
+			fmt.Fprintf(stdout, "  broker username:  %s\n  broker password:  %s\n", r.Username, r.Password)
 			return nil
 		}
 	case "devices approve":

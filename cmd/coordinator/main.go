@@ -6,6 +6,7 @@
 //	coordinator devices list|add ID|approve ID
 //	coordinator audit
 //	coordinator key [--data DIR]               print the public key agents pin
+//	coordinator broker-config mosquitto --out DIR   files for an external Mosquitto
 //
 // Everything but serve and key talks to a running daemon's admin API
 // (--admin, default http://127.0.0.1:8080) with the token from --token,
@@ -37,6 +38,7 @@ commands:
   devices approve ID            approve a device that enrolled without a token
   audit                         show the audit log
   key                           print the coordinator public key (hex)
+  broker-config mosquitto       write an external Mosquitto's config, password and ACL files
 `
 
 func main() {
@@ -78,6 +80,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return keyCmd(rest, stdout, stderr)
 	case "audit":
 		return auditCmd(rest, stdout, stderr)
+	case "broker-config":
+		return brokerConfigCmd(rest, stdout, stderr)
 	case "round", "models", "devices":
 		if sub == "" {
 			return fmt.Errorf("%w: %s needs a subcommand", errUsage, cmd)

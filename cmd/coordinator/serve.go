@@ -145,6 +145,7 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 	}
 
 	var bcreds *broker.Credentials
+	var embedded *broker.Broker // its Stats are exported on /metrics
 	// A deep queue: the inbox drains it at once, so it only has to absorb
 	// what arrives while the reader waits for a core.
 	mcfg := mqtt.Config{ClientID: "coordinator-" + f.fleet, QueueSize: 4096}
@@ -154,7 +155,7 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 			return err
 		}
 		defer func() { _ = b.Close() }()
-		bcreds = c
+		bcreds, embedded = c, b
 		mcfg.BrokerURL, mcfg.Username, mcfg.Password = url, "coordinator", password
 	} else {
 		mcfg.BrokerURL, mcfg.Username = f.brokerURL, f.brokerUser
@@ -179,6 +180,9 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if embedded != nil {
+		reg.MustRegister(embedded.Collector())
+	}
 	met, err := server.NewMetrics(reg)
 	if err != nil {
 		return err
@@ -244,7 +248,7 @@ func startBroker(f serveFlags, creds *registry.CredentialFile, log *zap.Logger) 
 	if err != nil {
 		return nil, nil, "", "", err
 	}
-	if err := bc.Add("coordinator", secret, topics.Identity{Role: topics.RoleCoordinator, Fleet: f.fleet}); err != nil {
+	if err := bc.Add(topics.CoordinatorUser, secret, topics.Identity{Role: topics.RoleCoordinator, Fleet: f.fleet}); err != nil {
 		return nil, nil, "", "", err
 	}
 	tcp := f.listen

@@ -42,6 +42,7 @@ const (
 	RefuseKeyChanged = "key_changed"
 	RefuseRevoked    = "revoked"
 	RefuseBadKey     = "bad_key"
+	RefuseReservedID = "reserved_id" // the id collides with a service identity (topics.ValidateDeviceID)
 )
 
 // TokenBytes is the entropy of an enrollment token.
@@ -127,11 +128,8 @@ func NewToken() (string, error) {
 // one-time enrollment token valid until expiresUnixMs (0: no expiry). The
 // token is returned once; only its hash is stored.
 func (d *Devices) Add(ctx context.Context, id string, nowUnixMs, expiresUnixMs int64) (string, *store.Batch, error) {
-	if err := topics.ValidateID(id); err != nil {
+	if err := topics.ValidateDeviceID(id); err != nil {
 		return "", nil, fmt.Errorf("add device: %w", err)
-	}
-	if id == wire.CoordinatorID {
-		return "", nil, fmt.Errorf("add device: %w: %q is reserved", topics.ErrInvalidID, id)
 	}
 	rec, err := d.st.Device(ctx, id)
 	switch {
@@ -164,6 +162,10 @@ func (d *Devices) Enroll(ctx context.Context, req *fedgepb.EnrollRequest, nowUni
 	id := req.GetDeviceId()
 	resp := &fedgepb.EnrollResponse{DeviceId: id}
 	b := &store.Batch{}
+	if topics.ValidateDeviceID(id) != nil {
+		resp.Reason = RefuseReservedID
+		return resp, b, nil
+	}
 	if len(req.PublicKey) != ed25519.PublicKeySize {
 		resp.Reason = RefuseBadKey
 		return resp, b, nil

@@ -44,14 +44,19 @@ func TestDeviceEnrollment(t *testing.T) {
 		t.Fatal(err)
 	}
 	apply(t, st, d, b)
-	if _, _, err := d.Add(ctx, "coordinator", 0, 0); err == nil {
-		t.Fatal("reserved id accepted")
+	for _, id := range []string{"coordinator", "coordinator-default", "Coordinator-itest", "coord"} {
+		if _, _, err := d.Add(ctx, id, 0, 0); !errors.Is(err, topics.ErrReservedID) {
+			t.Fatalf("reserved id %q: %v", id, err)
+		}
 	}
 	if _, _, err := d.Add(ctx, "a/b", 0, 0); !errors.Is(err, topics.ErrInvalidID) {
 		t.Fatalf("bad id: %v", err)
 	}
 	req := func(id string, k ed25519.PublicKey, token string) *fedgepb.EnrollRequest {
 		return &fedgepb.EnrollRequest{DeviceId: id, PublicKey: k, EnrollmentToken: token}
+	}
+	if resp, _, err := d.Enroll(ctx, req("coordinator-default", make(ed25519.PublicKey, ed25519.PublicKeySize), ""), 1000); err != nil || resp.Accepted || resp.Reason != RefuseReservedID {
+		t.Fatalf("enrollment of a reserved id: %v %v", resp, err)
 	}
 	cases := []struct {
 		name     string

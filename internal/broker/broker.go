@@ -3,7 +3,10 @@
 // simulated fleets), per-device credentials of which only salted hashes
 // are kept, and the default-deny topic policy of
 // topics.Allowed enforced on every publish, subscribe, delivery and last
-// will. Denied publishes and publishes over the payload limit are
+// will. Device ids may not collide with the coordinator's (see
+// topics.ValidateDeviceID); devices may retain only their blob descriptors
+// (topics.RetainAllowed) and publish at most DevicePublishRate messages a
+// second. Denied publishes and publishes over the payload limit are
 // acknowledged and dropped (as Mosquitto does), counted in Stats and logged
 // with their reason.
 //
@@ -92,6 +95,22 @@ type Config struct {
 	// client can reach MaxQueued x payload size: offline devices subscribed
 	// to large fleet-wide messages are what this bounds. At most 65535.
 	MaxQueued int
+	// DevicePublishRate is the sustained number of publishes per second
+	// each device (user name) may make, refilling a bucket of
+	// DevicePublishBurst; publishes beyond it are dropped and counted in
+	// Stats.RateLimited. Coordinators are not limited. Zero selects
+	// DefaultDevicePublishRate; negative turns the limit off.
+	DevicePublishRate float64
+	// DevicePublishBurst is the bucket size of DevicePublishRate.
+	DevicePublishBurst int
+	// MaxDeviceRetained is how many retained messages one device may hold
+	// at once (devices may retain only their blob descriptors, see
+	// topics.RetainAllowed); more are dropped and counted in
+	// Stats.RetainDenied.
+	MaxDeviceRetained int
+	// MaxDeviceRetainedPayload bounds the payload of a device's retained
+	// message, in bytes.
+	MaxDeviceRetainedPayload int
 }
 
 // ErrConfig wraps every configuration error returned by New.
@@ -133,6 +152,27 @@ func (c *Config) fill() error {
 	case c.MaxQueued < 0 || c.MaxQueued > 65535:
 		return fmt.Errorf("%w: MaxQueued %d outside 1..65535", ErrConfig, c.MaxQueued)
 	}
+	if c.DevicePublishRate == 0 {
+		c.DevicePublishRate = DefaultDevicePublishRate
+	}
+	switch {
+	case c.DevicePublishBurst == 0:
+		c.DevicePublishBurst = DefaultDevicePublishBurst
+	case c.DevicePublishBurst < 0:
+		return fmt.Errorf("%w: negative DevicePublishBurst", ErrConfig)
+	}
+	switch {
+	case c.MaxDeviceRetained == 0:
+		c.MaxDeviceRetained = DefaultMaxDeviceRetained
+	case c.MaxDeviceRetained < 0:
+		return fmt.Errorf("%w: negative MaxDeviceRetained", ErrConfig)
+	}
+	switch {
+	case c.MaxDeviceRetainedPayload == 0:
+		c.MaxDeviceRetainedPayload = min(DefaultMaxDeviceRetainedPayload, c.MaxPayload)
+	case c.MaxDeviceRetainedPayload < 0 || c.MaxDeviceRetainedPayload > c.MaxPayload:
+		return fmt.Errorf("%w: MaxDeviceRetainedPayload %d outside 1..MaxPayload (%d)", ErrConfig, c.MaxDeviceRetainedPayload, c.MaxPayload)
+	}
 	if c.SessionExpiry == 0 {
 		c.SessionExpiry = DefaultSessionExpiry
 	} else if c.SessionExpiry < time.Second {
@@ -149,6 +189,7 @@ type Broker struct {
 	denyLog *zap.Logger // sampled: a misbehaving client cannot flood the log
 	stats   counters
 	hook    *authHook
+	now     func() time.Time // the rate limiter's clock
 
 	logOff  atomic.Bool // silences mochi's logger after Close
 	mu      sync.Mutex
@@ -166,6 +207,7 @@ type counters struct {
 	publishDenied, subscribeDenied      atomic.Uint64
 	willDenied, oversized, tooLargeConn atomic.Uint64
 	preAuthRejected                     atomic.Uint64
+	rateLimited, retainDenied           atomic.Uint64
 }
 
 // Stats are cumulative counters since Start.
@@ -179,6 +221,8 @@ type Stats struct {
 	WillDenied       uint64 // CONNECTs refused for their will topic, plus wills dropped after revocation
 	Oversized        uint64 // publishes over MaxPayload dropped, plus connections closed for larger packets
 	PreAuthRejected  uint64 // connections closed before CONNECT: not MQTT, CONNECT over 64 KiB, silent too long
+	RateLimited      uint64 // device publishes dropped over DevicePublishRate
+	RetainDenied     uint64 // device publishes dropped for their retain flag (topic, size or count)
 	MessagesReceived int64  // PUBLISH packets received
 	MessagesSent     int64  // PUBLISH packets sent
 	QueueDropped     int64  // QoS 1 messages dropped because a client held MaxQueued already
@@ -194,7 +238,7 @@ func New(cfg Config, log *zap.Logger) (*Broker, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	b := &Broker{cfg: cfg, creds: cfg.Credentials, log: log}
+	b := &Broker{cfg: cfg, creds: cfg.Credentials, log: log, now: time.Now}
 	b.denyLog = log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Second, 20, 100)
 	}))
@@ -415,6 +459,8 @@ func (b *Broker) Stats() Stats {
 		WillDenied:       b.stats.willDenied.Load(),
 		Oversized:        b.stats.oversized.Load() + b.stats.tooLargeConn.Load(),
 		PreAuthRejected:  b.stats.preAuthRejected.Load(),
+		RateLimited:      b.stats.rateLimited.Load(),
+		RetainDenied:     b.stats.retainDenied.Load(),
 	}
 	b.mu.Lock()
 	srv := b.srv

@@ -25,6 +25,7 @@ type authHook struct {
 	b        *Broker
 	srv      *mqtt.Server
 	sessions sync.Map // client id -> *session
+	buckets  sync.Map // user name -> *bucket (devices' publish rate)
 }
 
 // session is what an authenticated client id is allowed to be.
@@ -38,8 +39,8 @@ func (h *authHook) ID() string { return "fedge-auth" }
 
 func (h *authHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnACLCheck, mqtt.OnPublish,
-		mqtt.OnWill, mqtt.OnDisconnect, mqtt.OnClientExpired:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnPacketRead, mqtt.OnSessionEstablish,
+		mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnWill, mqtt.OnDisconnect, mqtt.OnClientExpired:
 		return true
 	}
 	return false
@@ -63,19 +64,22 @@ func verifiedCN(cl *mqtt.Client) string {
 // names the Credentials entry (a username, if sent, must equal it, and a
 // password, if sent, must be right); otherwise username and password must
 // match an entry made by Add. A device's client id must equal its device id
-// so that it cannot take over another device's session, and its will must
-// pass the ACL.
+// so that it cannot take over another device's session, its id may not
+// collide with a service identity (topics.ValidateDeviceID: a device named
+// like the coordinator's client id would take over the coordinator's
+// session), and its will must pass the ACL (retained only where
+// topics.RetainAllowed allows).
 func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (string, topics.Identity, error) {
 	user := string(pk.Connect.Username)
 	var id topics.Identity
 	if cn := verifiedCN(cl); cn != "" {
 		if user != "" && user != cn {
-			return user, id, errors.New("username differs from certificate common name")
+			return user, id, refuse(refuseCredentials, "username differs from certificate common name")
 		}
 		user = cn
 		cr, ok := h.b.creds.lookup(cn)
 		if !ok {
-			return user, id, errors.New("unknown certificate common name")
+			return user, id, refuse(refuseCredentials, "unknown certificate common name")
 		}
 		if pk.Connect.PasswordFlag && len(pk.Connect.Password) > 0 {
 			if _, err := h.b.creds.verifyPassword(cn, pk.Connect.Password); err != nil {
@@ -85,7 +89,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (string, top
 		id = cr.id
 	} else {
 		if user == "" {
-			return user, id, errors.New("no username and no client certificate")
+			return user, id, refuse(refuseCredentials, "no username and no client certificate")
 		}
 		var err error
 		if id, err = h.b.creds.verifyPassword(user, pk.Connect.Password); err != nil {
@@ -93,32 +97,25 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (string, top
 		}
 	}
 	if id.Fleet != h.b.cfg.Fleet {
-		return user, id, errors.New("identity belongs to another fleet")
+		return user, id, refuse(refuseNotAuthorized, "identity belongs to another fleet")
 	}
-	if id.Role == topics.RoleDevice && cl.ID != id.ID {
-		return user, id, errors.New("device client id must equal its device id")
+	if id.Role == topics.RoleDevice {
+		if err := topics.ValidateDeviceID(id.ID); err != nil {
+			return user, id, refuse(refuseNotAuthorized, err.Error())
+		}
+		if cl.ID != id.ID {
+			return user, id, refuse(refuseClientID, "device client id must equal its device id")
+		}
 	}
 	if pk.Connect.WillFlag && !topics.Allowed(id, topics.Publish, pk.Connect.WillTopic) {
 		h.b.stats.willDenied.Add(1)
-		return user, id, errors.New("last will topic not allowed")
+		return user, id, refuse(refuseNotAuthorized, "last will topic not allowed")
+	}
+	if pk.Connect.WillFlag && pk.Connect.WillRetain && !topics.RetainAllowed(id, pk.Connect.WillTopic) {
+		h.b.stats.willDenied.Add(1)
+		return user, id, refuse(refuseNotAuthorized, "retained last will not allowed")
 	}
 	return user, id, nil
-}
-
-func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	user, id, err := h.authenticate(cl, pk)
-	if err != nil {
-		h.b.stats.connectsRefused.Add(1)
-		h.b.denyLog.Warn("connection refused", zap.String("reason", err.Error()),
-			zap.String("username", user), zap.String("client", cl.ID), zap.String("remote", cl.Net.Remote),
-			zap.String("listener", cl.Net.Listener))
-		return false
-	}
-	h.b.stats.connectsAccepted.Add(1)
-	h.sessions.Store(cl.ID, &session{user: user, id: id, cl: cl})
-	h.b.log.Debug("client authenticated", zap.String("username", user), zap.String("client", cl.ID),
-		zap.String("remote", cl.Net.Remote))
-	return true
 }
 
 // takeOverTimeout bounds the wait for a replaced connection to wind down.
@@ -151,15 +148,21 @@ func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 
 // identity returns the identity of a client if its credentials still exist.
 func (h *authHook) identity(cl *mqtt.Client) (topics.Identity, bool) {
+	_, id, ok := h.sessionIdentity(cl)
+	return id, ok
+}
+
+// sessionIdentity is identity with the user name it authenticated as.
+func (h *authHook) sessionIdentity(cl *mqtt.Client) (string, topics.Identity, bool) {
 	v, ok := h.sessions.Load(cl.ID)
 	if !ok {
-		return topics.Identity{}, false
+		return "", topics.Identity{}, false
 	}
 	s := v.(*session)
 	if cur, ok := h.b.creds.Lookup(s.user); !ok || cur != s.id {
-		return topics.Identity{}, false
+		return "", topics.Identity{}, false
 	}
-	return s.id, true
+	return s.user, s.id, true
 }
 
 // OnACLCheck authorizes subscriptions (write=false with a filter) and
@@ -189,8 +192,9 @@ func denyReason(known bool) string {
 	return "topic not allowed for identity"
 }
 
-// OnPublish drops publishes over the payload limit or outside the client's
-// ACL. MQTT 3.1.1 clients still get their PUBACK (they cannot be told
+// OnPublish drops publishes over the payload limit, outside the client's
+// ACL, over a device's publish rate, or retained where a device may not
+// retain (limitPublish). MQTT 3.1.1 clients still get their PUBACK (they cannot be told
 // otherwise without being disconnected); MQTT 5 clients get a PUBACK with
 // the reason code.
 func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
@@ -204,14 +208,14 @@ func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 			zap.Int("payload_len", len(pk.Payload)), zap.Int("limit", h.b.cfg.MaxPayload))
 		return pk, rejectCode(cl, pk, packets.ErrPacketTooLarge)
 	}
-	id, ok := h.identity(cl)
+	user, id, ok := h.sessionIdentity(cl)
 	if !ok || !topics.Allowed(id, topics.Publish, pk.TopicName) {
 		h.b.stats.publishDenied.Add(1)
 		h.b.denyLog.Warn("publish dropped", zap.String("reason", denyReason(ok)),
 			zap.String("client", cl.ID), zap.String("topic", pk.TopicName))
 		return pk, rejectCode(cl, pk, packets.ErrNotAuthorized)
 	}
-	return pk, nil
+	return pk, h.limitPublish(cl, user, id, pk)
 }
 
 // rejectCode is the OnPublish error that makes mochi drop a packet: MQTT 5
