@@ -246,8 +246,8 @@ function drawCharts() {
   let t = 0;
   const pts = hist.map((h) => { t += h.duration_ms / 1000; return { round: h.round_id, time: t, acc: h.accuracy, loss: lossOf(h) }; });
   const xlabel = state.xaxis === "time" ? "seconds of rounds" : "round";
-  lineChart($("chart-accuracy"), pts.map((p) => [p[state.xaxis], p.acc]), { xlabel, ylabel: "accuracy", yFixed: [0, 1], color: "#1f6feb" });
-  lineChart($("chart-loss"), pts.map((p) => [p[state.xaxis], p.loss]), { xlabel, ylabel: "loss", color: "#c2410c" });
+  lineChart($("chart-accuracy"), pts.map((p) => [p[state.xaxis], p.acc]), { xlabel, ylabel: "accuracy", yMin: 0, yMax: 1, color: "#1f6feb" });
+  lineChart($("chart-loss"), pts.map((p) => [p[state.xaxis], p.loss]), { xlabel, ylabel: "loss", yMin: 0, color: "#c2410c" });
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -278,14 +278,17 @@ function lineChart(svg, pts, o) {
     return;
   }
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
-  let [y0, y1] = o.yFixed || [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
-  if (!o.yFixed) { const pad = (y1 - y0) * 0.1 || Math.abs(y1) * 0.1 || 1; y0 = Math.max(0, y0 - pad); y1 += pad; }
+  let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
+  const pad = (y1 - y0) * 0.15 || Math.abs(y1) * 0.05 || 0.1;
+  y0 = Math.max(o.yMin != null ? o.yMin : -Infinity, y0 - pad);
+  y1 = Math.min(o.yMax != null ? o.yMax : Infinity, y1 + pad);
+  if (y1 <= y0) y1 = y0 + 0.1;
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   const X = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
   const Y = (y) => H - B - (y - y0) / (y1 - y0) * (H - T - B);
   for (const v of niceTicks(y0, y1, 4)) {
     svg.append(s("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v), class: "grid" }));
-    svg.append(s("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end", class: "tick" }, String(v)));
+    svg.append(s("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end", class: "tick" }, String(+v.toPrecision(4))));
   }
   for (const v of niceTicks(x0, x1, 6)) {
     if (o.xlabel === "round" && v !== Math.round(v)) continue;
@@ -400,7 +403,7 @@ async function loadModels() {
     if (serving) act.append(el("span", { class: "badge" }, "serving"));
     else if (can("operator")) act.append(el("button", { type: "button", class: "small", "data-version": String(v.version), onclick: () => confirmRollback(act, v) }, "Roll back to v" + v.version));
     return [
-      "v" + v.version, v.model, lineage(v), v.strategy === "rollback" ? "rollback" : (v.run_id ? v.run_id + " / " + v.round_id : "initial"),
+      "v" + v.version, v.model, lineage(v), v.strategy === "rollback" ? "-" : (v.run_id ? v.run_id + " / " + v.round_id : "initial"),
       v.strategy || "-", v.participants || "-", v.train_accuracy ? fmtNum(v.train_accuracy, 4) : "-", fmtTime(v.created_unix_ms), act,
     ];
   }), "No versions yet: a run's first round creates one.");
