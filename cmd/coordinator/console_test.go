@@ -212,6 +212,14 @@ func TestConsoleBrowser(t *testing.T) {
 		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
 	})
 
+	// Registered devices that never connect: offline in the fleet page,
+	// and more audit entries to page through.
+	for i := range 4 {
+		if _, err := f.c.AddDevice(ctx, fmt.Sprintf("spare-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chrome), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
 		chromedp.NoFirstRun, chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
@@ -242,7 +250,7 @@ func TestConsoleBrowser(t *testing.T) {
 
 	// 3. Fleet: the three agents online.
 	b.goPage("fleet", "Fleet")
-	b.waitJS("3 devices online", `[...document.querySelectorAll("#fleet-devices tbody tr")].filter(r => r.innerText.includes("online")).length === 3`, 15*time.Second)
+	b.waitJS("3 devices online, 4 offline", `[...document.querySelectorAll("#fleet-devices tbody tr")].filter(r => r.innerText.includes("online")).length === 3 && [...document.querySelectorAll("#fleet-devices tbody tr")].filter(r => r.innerText.includes("offline")).length === 4`, 15*time.Second)
 	b.screenshot("fleet")
 
 	// 4. An invalid run form: the API's own message, in the page.
@@ -329,6 +337,14 @@ func TestConsoleBrowser(t *testing.T) {
 	b.goPage("audit", "Audit log")
 	b.waitJS("audit entries by alice", `["round.start", "round.stop", "models.rollback"].every(a => [...document.querySelectorAll("#audit-table tbody tr")].some(r => r.innerText.includes("cred:alice") && r.innerText.includes(a)))`, 10*time.Second)
 	b.screenshot("audit")
+	// Paging: 10 per page, the older page holds the entries before.
+	b.run(chromedp.SetValue(chromedp.ID("audit-size"), "10"), js(`document.getElementById("audit-size").dispatchEvent(new Event("change"))`))
+	b.waitJS("latest 10 entries", `document.querySelectorAll("#audit-table tbody tr").length === 10`, 10*time.Second)
+	top := eval[int](b, `Number(document.querySelector("#audit-table tbody tr td").innerText)`)
+	b.run(chromedp.Click(chromedp.ID("audit-older")))
+	b.waitJS("older page", `Number(document.querySelector("#audit-table tbody tr td").innerText) === `+fmt.Sprint(top-10), 10*time.Second)
+	b.run(chromedp.Click(chromedp.ID("audit-newer")))
+	b.waitJS("newer page", `Number(document.querySelector("#audit-table tbody tr td").innerText) === `+fmt.Sprint(top), 10*time.Second)
 	es, err := f.c.Audit(ctx, 0, 1000)
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@
 const TOKEN_KEY = "fedge.admin.token";
 const ROLES = { viewer: 1, operator: 2, admin: 3 };
 const PAGES = ["fleet", "runs", "new", "models", "audit"];
-const AUDIT_PAGE = 25;
 
 const state = { who: null, timer: null, status: null, runs: [], models: null, auditFirst: 0, auditLast: 0, xaxis: "round" };
 
@@ -269,7 +268,7 @@ function niceTicks(lo, hi, n) {
 
 // lineChart draws [x, y] points as an inline SVG line chart with axes.
 function lineChart(svg, pts, o) {
-  const W = 480, H = 240, L = 52, R = 12, T = 12, B = 40;
+  const W = 480, H = 240, L = 62, R = 14, T = 12, B = 40;
   svg.replaceChildren();
   pts = pts.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
   svg.setAttribute("data-points", String(pts.length));
@@ -297,7 +296,7 @@ function lineChart(svg, pts, o) {
   svg.append(s("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
   svg.append(s("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
   svg.append(s("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", class: "label" }, o.xlabel));
-  svg.append(s("text", { x: 12, y: (T + H - B) / 2, "text-anchor": "middle", class: "label", transform: `rotate(-90 12 ${(T + H - B) / 2})` }, o.ylabel));
+  svg.append(s("text", { x: 11, y: (T + H - B) / 2, "text-anchor": "middle", class: "label", transform: `rotate(-90 11 ${(T + H - B) / 2})` }, o.ylabel));
   svg.append(s("polyline", { points: pts.map((p) => X(p[0]) + "," + Y(p[1])).join(" "), fill: "none", stroke: o.color, "stroke-width": 2 }));
   for (const p of pts) {
     const c = s("circle", { cx: X(p[0]), cy: Y(p[1]), r: 3.5, fill: o.color, class: "pt" });
@@ -437,6 +436,7 @@ async function rollback(version) {
 // ---- audit ----
 
 async function loadAudit(dir) {
+  const AUDIT_PAGE = Number($("audit-size").value) || 25;
   let entries;
   if (dir === "latest") {
     // The API pages forward from a sequence number; the latest page is the
@@ -473,6 +473,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("audit-older").addEventListener("click", () => guarded(() => loadAudit("older")));
   $("audit-newer").addEventListener("click", () => guarded(() => loadAudit("newer")));
   $("audit-latest").addEventListener("click", () => guarded(() => loadAudit("latest")));
+  $("audit-size").addEventListener("change", () => guarded(() => loadAudit("latest")));
   for (const r of document.querySelectorAll('input[name="xaxis"]')) r.addEventListener("change", () => { state.xaxis = r.value; drawCharts(); });
   window.addEventListener("hashchange", () => route());
   route();
