@@ -135,7 +135,7 @@ func (b *browser) text(sel string) string {
 // screenshot writes the viewport as name.png.
 func (b *browser) screenshot(name string) {
 	b.t.Helper()
-	b.run(js(`window.scrollTo(0, 0)`))
+	b.run(js(`window.scrollTo(0, 0); document.querySelectorAll(".scroll").forEach(e => e.scrollLeft = 0)`))
 	png, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot())
 	if err != nil {
 		b.t.Fatalf("browser: screenshot: %v", err)

@@ -398,7 +398,7 @@ async function loadModels() {
   const versions = (m.versions || []).slice().sort((a, b) => b.version - a.version);
   fill("models-versions", versions.map((v) => {
     const serving = v.version === st.model_version;
-    const act = el("td", {});
+    const act = el("td", { class: "action" });
     if (serving) act.append(el("span", { class: "badge" }, "serving"));
     else if (can("operator")) act.append(el("button", { type: "button", class: "small", "data-version": String(v.version), onclick: () => confirmRollback(act, v) }, "Roll back to v" + v.version));
     return [
@@ -415,7 +415,7 @@ function confirmRollback(cell, v) {
   clearInterval(state.timer);
   state.timer = null;
   cell.replaceChildren(
-    el("span", {}, "Publish a new version with v" + v.version + "'s weights? "),
+    el("span", {}, "Publish v" + v.version + "'s weights as a new version? "),
     el("button", { type: "button", class: "small danger", onclick: () => rollback(v.version) }, "Confirm rollback"),
     el("button", { type: "button", class: "small", onclick: () => route() }, "Cancel"));
 }
@@ -425,11 +425,11 @@ async function rollback(version) {
   show("models-error", "");
   try {
     const nv = await api("POST", "/v1/models/rollback", { version });
-    await loadModels();
     show("models-msg", `Published v${nv.version} with the weights of v${version}; agents install it next.`);
   } catch (e) {
     if (e.status !== 401) show("models-error", "Rollback failed: " + e.message);
   }
+  await guarded(loadModels);
   if (!state.timer) state.timer = setInterval(() => guarded(loadModels), 5000);
 }
 
