@@ -8,6 +8,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 command -v clang >/dev/null || need+=(clang)
 command -v wasm-ld >/dev/null || command -v wasm-ld-14 >/dev/null || need+=(lld)
 command -v wat2wasm >/dev/null || need+=(wabt)
+command -v chromium >/dev/null || need+=(chromium)   # the console's browser test (cmd/coordinator)
 if [ ${#need[@]} -eq 0 ]; then
   echo "deps: protoc, mosquitto, clang, wasm-ld and wat2wasm are installed"
   exit 0

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,11 +20,13 @@ import (
 	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/coordinator/server"
 	"github.com/fedge-dev/fedge/internal/progress"
+	"github.com/fedge-dev/fedge/internal/tlsutil"
 )
 
 // clientFlags are the flags of every admin API command.
 type clientFlags struct {
 	adminURL, token, data string
+	caFile, cert, key     string
 	timeout               time.Duration
 }
 
@@ -34,6 +38,9 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.adminURL, "admin", def, "admin API URL ($FEDGE_ADMIN)")
 	fs.StringVar(&c.token, "token", "", "admin token (default $FEDGE_ADMIN_TOKEN, else DATA/admin.token)")
 	fs.StringVar(&c.data, "data", "fedge-data", "data directory holding admin.token")
+	fs.StringVar(&c.caFile, "admin-ca", os.Getenv("FEDGE_ADMIN_CA"), "CA certificate to trust for an https:// admin API ($FEDGE_ADMIN_CA; default: the system's)")
+	fs.StringVar(&c.cert, "admin-cert", "", "client certificate for an admin API that requires mTLS")
+	fs.StringVar(&c.key, "admin-key", "", "private key of --admin-cert")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "request timeout")
 }
 
@@ -53,7 +60,32 @@ func (c *clientFlags) client() (*admin.Client, error) {
 		c.adminURL = "http://" + c.adminURL
 	}
 	user := os.Getenv("USER")
-	return &admin.Client{BaseURL: c.adminURL, Token: tok, Actor: user}, nil
+	cl := &admin.Client{BaseURL: c.adminURL, Token: tok, Actor: user}
+	if (c.cert == "") != (c.key == "") {
+		return nil, fmt.Errorf("%w: --admin-cert and --admin-key go together", errUsage)
+	}
+	if c.caFile != "" || c.cert != "" {
+		if !strings.HasPrefix(c.adminURL, "https://") {
+			return nil, fmt.Errorf("%w: --admin-ca and --admin-cert need an https:// --admin URL", errUsage)
+		}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.caFile != "" {
+			pool, err := tlsutil.LoadPool(c.caFile)
+			if err != nil {
+				return nil, fmt.Errorf("--admin-ca: %w", err)
+			}
+			tc.RootCAs = pool
+		}
+		if c.cert != "" {
+			kp, err := tls.LoadX509KeyPair(c.cert, c.key)
+			if err != nil {
+				return nil, fmt.Errorf("--admin-cert: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{kp}
+		}
+		cl.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}}
+	}
+	return cl, nil
 }
 
 func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *clientFlags) {

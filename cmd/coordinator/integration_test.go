@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,6 +141,20 @@ type testFleet struct {
 // given broker flags, waiting until its admin API answers.
 func startFleet(t *testing.T, ctx context.Context, brokerArgs []string) *testFleet {
 	t.Helper()
+	return startFleetWith(t, ctx, brokerArgs, nil)
+}
+
+// adminTLS is how the test reaches an admin listener started with
+// --admin-tls-cert: the CA file and a client configuration trusting it.
+type adminTLS struct {
+	caFile string
+	cfg    *tls.Config
+}
+
+// startFleetWith is startFleet reaching the admin API over HTTPS when at
+// is set (brokerArgs then carry the --admin-tls-* serve flags).
+func startFleetWith(t *testing.T, ctx context.Context, brokerArgs []string, at *adminTLS) *testFleet {
+	t.Helper()
 	f := &testFleet{start: time.Now()}
 	bins := t.TempDir()
 	f.coord = goBuild(t, bins, "./cmd/coordinator")
@@ -151,11 +167,16 @@ func startFleet(t *testing.T, ctx context.Context, brokerArgs []string) *testFle
 	startProc(t, filepath.Join(f.dir, "coordinator.log"), f.coord, append([]string{"serve", "--data", f.data, "--fleet", "itest",
 		"--admin", adminAddr, "--test-data", f.mnist, "--log-format", "console", "--tick", "200ms"}, brokerArgs...)...)
 	f.adminFlags = []string{"--admin", adminAddr, "--data", f.data}
+	base, hc := "http://"+adminAddr, (*http.Client)(nil)
+	if at != nil {
+		base, hc = "https://"+adminAddr, &http.Client{Transport: &http.Transport{TLSClientConfig: at.cfg}}
+		f.adminFlags = []string{"--admin", base, "--admin-ca", at.caFile, "--data", f.data}
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		tok, err := os.ReadFile(filepath.Join(f.data, "admin.token"))
 		if err == nil {
-			f.c = &admin.Client{BaseURL: "http://" + adminAddr, Token: strings.TrimSpace(string(tok))}
+			f.c = &admin.Client{BaseURL: base, Token: strings.TrimSpace(string(tok)), HTTP: hc}
 			if _, err = f.c.Status(ctx); err == nil {
 				break
 			}

@@ -5,12 +5,13 @@
 //	coordinator models list|add NAME FILE|rollback VERSION
 //	coordinator devices list|add ID|approve ID
 //	coordinator audit
+//	coordinator admins add NAME --role R|list|revoke NAME
 //	coordinator key [--data DIR]               print the public key agents pin
 //	coordinator broker-config mosquitto --out DIR   files for an external Mosquitto
 //
 // Everything but serve and key talks to a running daemon's admin API
 // (--admin, default http://127.0.0.1:8080) with the token from --token,
-// $FEDGE_ADMIN_TOKEN or DIR/admin.token.
+// $FEDGE_ADMIN_TOKEN or DIR/admin.token; admins works on DIR itself.
 package main
 
 import (
@@ -37,6 +38,9 @@ commands:
   devices add ID                create broker credentials and an enrollment token
   devices approve ID            approve a device that enrolled without a token
   audit                         show the audit log
+  admins add NAME --role R      create an admin credential (viewer, operator, admin); prints its token once
+  admins list                   list admin credentials
+  admins revoke NAME            revoke NAME's credential
   key                           print the coordinator public key (hex)
   broker-config mosquitto       write an external Mosquitto's config, password and ACL files
 `
@@ -82,6 +86,11 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return auditCmd(rest, stdout, stderr)
 	case "broker-config":
 		return brokerConfigCmd(rest, stdout, stderr)
+	case "admins":
+		if sub == "" {
+			return fmt.Errorf("%w: admins needs a subcommand", errUsage)
+		}
+		return adminsCmd(sub, rest[1:], stdout, stderr)
 	case "round", "models", "devices":
 		if sub == "" {
 			return fmt.Errorf("%w: %s needs a subcommand", errUsage, cmd)

@@ -42,6 +42,8 @@ type serveFlags struct {
 	brokerPasswordFile, brokerCA string
 	brokerCert, brokerKey        string
 	adminAddr                    string
+	adminCert, adminKey          string
+	adminClientCA                string
 	logFormat, logLevel          string
 	testData                     string
 	tick                         time.Duration
@@ -64,7 +66,10 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&f.brokerCA, "broker-ca", "", "CA file for an ssl:// external broker")
 	fs.StringVar(&f.brokerCert, "broker-cert", "", "client certificate for the external broker")
 	fs.StringVar(&f.brokerKey, "broker-key", "", "client key for the external broker")
-	fs.StringVar(&f.adminAddr, "admin", "127.0.0.1:8080", "admin API listen address")
+	fs.StringVar(&f.adminAddr, "admin", "127.0.0.1:8080", "admin API and console listen address")
+	fs.StringVar(&f.adminCert, "admin-tls-cert", "", "serve the admin API and console over TLS only, with this certificate (PEM; needs --admin-tls-key)")
+	fs.StringVar(&f.adminKey, "admin-tls-key", "", "private key of --admin-tls-cert (PEM)")
+	fs.StringVar(&f.adminClientCA, "admin-tls-client-ca", "", "with --admin-tls-cert: also require admin client certificates signed by this CA (mTLS)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.testData, "test-data", "", "MNIST IDX directory for server-side evaluation (optional)")
@@ -77,6 +82,12 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	if err := topics.ValidateID(f.fleet); err != nil {
 		return fmt.Errorf("--fleet: %w", err)
+	}
+	if (f.adminCert == "") != (f.adminKey == "") {
+		return fmt.Errorf("%w: --admin-tls-cert and --admin-tls-key go together", errUsage)
+	}
+	if f.adminClientCA != "" && f.adminCert == "" {
+		return fmt.Errorf("%w: --admin-tls-client-ca needs --admin-tls-cert and --admin-tls-key", errUsage)
 	}
 	if f.brokerURL == "" && f.listen == "" && f.tlsListen == "" {
 		return fmt.Errorf("%w: no broker: give --listen/--tls-listen or --broker", errUsage)
@@ -212,13 +223,32 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 		Name: "fedge_transport_shed_total",
 		Help: "Messages the coordinator's MQTT client acknowledged and discarded on a full queue (the inbox drains it, so this stays 0 unless the coordinator is starved of CPU).",
 	}, func() float64 { return float64(tr.Shed()) }))
-	h, err := admin.NewHandler(srv, admin.Options{Token: token, Gatherer: reg, Log: log.Named("admin"), Health: srv.AdminHealth})
+	adminCreds, err := admin.OpenCredentials(filepath.Join(f.data, admin.CredentialsFile))
 	if err != nil {
 		return err
+	}
+	h, err := admin.NewHandler(srv, admin.Options{Token: token, Credentials: adminCreds, Gatherer: reg, Log: log.Named("admin"), Health: srv.AdminHealth})
+	if err != nil {
+		return err
+	}
+	var adminTLS *tls.Config
+	if f.adminCert != "" {
+		if adminTLS, err = tlsutil.ServerConfig(f.adminCert, f.adminKey, f.adminClientCA); err != nil {
+			return fmt.Errorf("admin TLS: %w", err)
+		}
 	}
 	ln, err := net.Listen("tcp", f.adminAddr)
 	if err != nil {
 		return fmt.Errorf("admin listen: %w", err)
+	}
+	scheme := "http://"
+	if adminTLS != nil {
+		// Only TLS on this port: a plain HTTP request gets the standard
+		// library's 400 and never reaches a handler.
+		ln, scheme = tls.NewListener(ln, adminTLS), "https://"
+	} else if tcpAddr, ok := ln.Addr().(*net.TCPAddr); ok && !tcpAddr.IP.IsLoopback() {
+		log.Warn("admin API and console on a non-loopback address without TLS: credentials cross the network in clear; give --admin-tls-cert and --admin-tls-key",
+			zap.String("admin", ln.Addr().String()))
 	}
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute}
 	go func() {
@@ -232,7 +262,7 @@ func serveWith(ctx context.Context, f serveFlags, log *zap.Logger) error {
 		_ = hs.Shutdown(sctx)
 	}()
 	log.Info("coordinator started", zap.String("fleet", f.fleet), zap.String("broker", mcfg.BrokerURL),
-		zap.String("admin", "http://"+ln.Addr().String()), zap.String("public_key", server.PublicKeyHex(key)),
+		zap.String("admin", scheme+ln.Addr().String()), zap.String("console", scheme+ln.Addr().String()+"/console/"), zap.String("public_key", server.PublicKeyHex(key)),
 		zap.String("data", f.data))
 	return srv.Run(ctx)
 }

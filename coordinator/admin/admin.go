@@ -1,11 +1,14 @@
 // Package admin is the coordinator's HTTP admin API: JSON endpoints for
-// runs and rounds, models, devices and the audit log behind a bearer
-// token, plus Prometheus metrics and a health check; and Client, which the
-// coordinator CLI uses. The endpoints and the stable status schema are
-// documented in README.md.
+// runs and rounds, models, devices and the audit log behind bearer
+// credentials with roles (viewer, operator, admin; Credentials), plus
+// Prometheus metrics, a health check and the web console (package
+// console, served under /console/); and Client, which the coordinator CLI
+// uses. The endpoints, roles and the stable status schema are documented
+// in README.md.
 package admin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -16,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/fedge-dev/fedge/coordinator/admin/console"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -29,8 +33,12 @@ const (
 
 // Options configure the handler.
 type Options struct {
-	// Token is the bearer token every endpoint but /healthz requires.
+	// Token is the shared admin token (DATA/admin.token): a credential
+	// with the admin role, named "admin" in the audit log.
 	Token string
+	// Credentials are the per-admin credentials (nil: the shared token
+	// only).
+	Credentials *Credentials
 	// Gatherer serves /metrics (nil: no /metrics).
 	Gatherer prometheus.Gatherer
 	Log      *zap.Logger
@@ -46,8 +54,13 @@ func NewHandler(api API, opts Options) (http.Handler, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
-	h := &handler{api: api, log: opts.Log, tokenSum: sha256.Sum256([]byte(opts.Token))}
+	h := &handler{api: api, log: opts.Log, tokenSum: sha256.Sum256([]byte(opts.Token)), creds: opts.Credentials}
 	mux := http.NewServeMux()
+	cons := console.Handler()
+	mux.Handle("GET /console/", cons)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/console/", http.StatusFound)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		// Liveness: a coordinator still restoring its state is alive.
 		var doc HealthDoc
@@ -64,20 +77,21 @@ func NewHandler(api API, opts Options) (http.Handler, error) {
 		writeHealth(w, "ready", doc.Problems, false)
 	})
 	if opts.Gatherer != nil {
-		mux.Handle("GET /metrics", h.auth(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}).ServeHTTP))
+		mux.Handle("GET /metrics", h.auth(RoleViewer, promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}).ServeHTTP))
 	}
-	mux.Handle("GET /v1/key", h.auth(h.key))
-	mux.Handle("POST /v1/rounds", h.auth(h.startRun))
-	mux.Handle("GET /v1/rounds", h.auth(h.runs))
-	mux.Handle("GET /v1/rounds/status", h.auth(h.status))
-	mux.Handle("POST /v1/rounds/stop", h.auth(h.stopRun))
-	mux.Handle("GET /v1/models", h.auth(h.models))
-	mux.Handle("POST /v1/models/rollback", h.auth(h.rollback))
-	mux.Handle("PUT /v1/models/{name}", h.auth(h.addModel))
-	mux.Handle("GET /v1/devices", h.auth(h.devices))
-	mux.Handle("POST /v1/devices", h.auth(h.addDevice))
-	mux.Handle("POST /v1/devices/{id}/approve", h.auth(h.approve))
-	mux.Handle("GET /v1/audit", h.auth(h.audit))
+	mux.Handle("GET /v1/whoami", h.auth(RoleViewer, h.whoami))
+	mux.Handle("GET /v1/key", h.auth(RoleViewer, h.key))
+	mux.Handle("POST /v1/rounds", h.auth(RoleOperator, h.startRun))
+	mux.Handle("GET /v1/rounds", h.auth(RoleViewer, h.runs))
+	mux.Handle("GET /v1/rounds/status", h.auth(RoleViewer, h.status))
+	mux.Handle("POST /v1/rounds/stop", h.auth(RoleOperator, h.stopRun))
+	mux.Handle("GET /v1/models", h.auth(RoleViewer, h.models))
+	mux.Handle("POST /v1/models/rollback", h.auth(RoleOperator, h.rollback))
+	mux.Handle("PUT /v1/models/{name}", h.auth(RoleAdmin, h.addModel))
+	mux.Handle("GET /v1/devices", h.auth(RoleViewer, h.devices))
+	mux.Handle("POST /v1/devices", h.auth(RoleAdmin, h.addDevice))
+	mux.Handle("POST /v1/devices/{id}/approve", h.auth(RoleOperator, h.approve))
+	mux.Handle("GET /v1/audit", h.auth(RoleViewer, h.audit))
 	return mux, nil
 }
 
@@ -109,26 +123,77 @@ type handler struct {
 	api      API
 	log      *zap.Logger
 	tokenSum [32]byte
+	creds    *Credentials
 }
 
-// auth checks the bearer token in constant time (over hashes, so the
-// token's length does not leak either).
-func (h *handler) auth(next http.HandlerFunc) http.Handler {
+type principalKey struct{}
+
+// principalOf is the caller authenticated by auth.
+func principalOf(r *http.Request) Principal {
+	p, _ := r.Context().Value(principalKey{}).(Principal)
+	return p
+}
+
+// authenticate maps a bearer token to its principal: the shared token
+// (compared in constant time over hashes, so its length does not leak
+// either) or an unrevoked per-admin credential.
+func (h *handler) authenticate(r *http.Request) (Principal, bool) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" {
+		return Principal{}, false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(sum[:], h.tokenSum[:]) == 1 {
+		return Principal{Name: "admin", Role: RoleAdmin, Shared: true}, true
+	}
+	if h.creds != nil {
+		return h.creds.Lookup(tok)
+	}
+	return Principal{}, false
+}
+
+// auth lets a request through if its credential has at least role.
+func (h *handler) auth(role Role, next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], h.tokenSum[:]) != 1 {
+		p, ok := h.authenticate(r)
+		if !ok {
+			if h.creds != nil {
+				if err := h.creds.LoadError(); err != nil {
+					h.log.Error("admin credentials file unreadable; per-admin credentials refused", zap.Error(err))
+				}
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="fedge"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			writeError(w, http.StatusUnauthorized, "missing, wrong or revoked bearer token")
 			return
 		}
-		next(w, r)
+		if p.Role < role {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("credential %q has role %s; this needs %s", p.Name, p.Role, role))
+			return
+		}
+		next(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
 }
 
-// actor names the caller in the audit log: the X-Fedge-Actor header if it
-// is a short printable name, else "admin".
+// WhoAmI is GET /v1/whoami: the caller's credential.
+type WhoAmI struct {
+	Name   string `json:"name"`
+	Role   string `json:"role"`
+	Shared bool   `json:"shared"`
+}
+
+func (h *handler) whoami(w http.ResponseWriter, r *http.Request) {
+	p := principalOf(r)
+	h.reply(w, r, WhoAmI{Name: p.Name, Role: p.Role.String(), Shared: p.Shared}, nil)
+}
+
+// actor names the caller in the audit log. A per-admin credential is
+// named by its owner, "cred:NAME"; the shared token, which identifies
+// nobody, keeps its old form: "admin:" and the X-Fedge-Actor header if
+// that is a short printable name, else "admin".
 func actor(r *http.Request) string {
+	if p := principalOf(r); p.Name != "" && !p.Shared {
+		return "cred:" + p.Name
+	}
 	a := r.Header.Get("X-Fedge-Actor")
 	if a == "" || len(a) > 64 {
 		return "admin"
