@@ -126,9 +126,52 @@ var secretLine = regexp.MustCompile(`(?m)^\s*(broker password|enrollment token):
 // reloaded; then a round of mlp trains. A device named like the
 // coordinator's client id is refused by `devices add`.
 func TestExternalMosquittoFromBrokerConfig(t *testing.T) {
-	mosquittotest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	mf := startMosquittoFleet(t, ctx)
+	f := mf.testFleet
+
+	// A device may not be named like the coordinator's client id.
+	var refused bytes.Buffer
+	cmd := exec.Command(f.coord, append([]string{"devices", "add", "coordinator-itest"}, f.adminFlags...)...)
+	cmd.Stdout, cmd.Stderr = &refused, &refused
+	if err := cmd.Run(); err == nil || !strings.Contains(refused.String(), "reserved") {
+		t.Fatalf("devices add coordinator-itest: %v\n%s", err, refused.String())
+	}
+
+	const n = 2
+	ids := []string{"dev-0", "dev-1"}
+	secrets := mf.addDevices(t, ids...)
+	for i, id := range ids {
+		mf.startAgent(t, id, secrets[id], fmt.Sprintf("mnist:%s?part=%d/%d", f.mnist, i, 10))
+	}
+	mf.waitOnline(t, ctx, n)
+	st := f.train(t, 1, n, "--model", "mlp", "--rounds", "1", "--min-clients", "2", "--server-eval", "--lr", "0.1", "--deadline", "3m")
+	if acc := st.History[0].ServerAccuracy; acc < 0.5 {
+		t.Fatalf("accuracy after one round %.4f", acc)
+	}
+	if strings.Contains(mf.mq.Log(), "port 1883") {
+		t.Fatalf("Mosquitto opened a plain listener:\n%s", mf.mq.Log())
+	}
+	t.Logf("external Mosquitto fleet: one round in %v", time.Since(f.start).Round(time.Millisecond))
+}
+
+// mosquittoFleet is a coordinator daemon using a real Mosquitto set up, as
+// the README says, from `broker-config mosquitto`'s files only.
+type mosquittoFleet struct {
+	*testFleet
+	mq       *mosquittotest.Instance
+	url, ca  string
+	out      string
+	listen   string
+	userFlag string
+}
+
+// startMosquittoFleet builds the binaries, writes Mosquitto's files with
+// broker-config, starts Mosquitto (TLS, ACLs) and the coordinator on it.
+func startMosquittoFleet(t *testing.T, ctx context.Context, serveArgs ...string) *mosquittoFleet {
+	t.Helper()
+	mosquittotest.Require(t)
 	f := &testFleet{start: time.Now()}
 	bins := t.TempDir()
 	f.coord = goBuild(t, bins, "./cmd/coordinator")
@@ -136,34 +179,27 @@ func TestExternalMosquittoFromBrokerConfig(t *testing.T) {
 	f.mnist = mnistDir(t)
 	f.dir = t.TempDir()
 	f.data = filepath.Join(f.dir, "coordinator")
-	out := filepath.Join(f.dir, "mosquitto")
-	user := "mosquitto"
+	mf := &mosquittoFleet{testFleet: f, out: filepath.Join(f.dir, "mosquitto"), userFlag: "mosquitto"}
 	if os.Geteuid() == 0 {
-		user = "root" // the files are in the test's private temporary directory
+		mf.userFlag = "root" // the files are in the test's private temporary directory
 	}
-	var listen string
-	brokerConfig := func() {
-		t.Helper()
-		cli(t, f.coord, "broker-config", "mosquitto", "--data", f.data, "--out", out, "--fleet", "itest",
-			"--listen", listen, "--user", user, "--log-file", filepath.Join(out, "mosquitto.log"))
-	}
-	if err := os.MkdirAll(out, 0o750); err != nil {
+	if err := os.MkdirAll(mf.out, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	mq := mosquittotest.StartGenerated(t, out, true, func(port int, _ string) (string, error) {
-		listen = fmt.Sprintf("127.0.0.1:%d", port)
-		brokerConfig()
-		b, err := os.ReadFile(filepath.Join(out, "mosquitto.conf"))
+	mf.mq = mosquittotest.StartGenerated(t, mf.out, true, func(port int, _ string) (string, error) {
+		mf.listen = fmt.Sprintf("127.0.0.1:%d", port)
+		mf.brokerConfig(t)
+		b, err := os.ReadFile(filepath.Join(mf.out, "mosquitto.conf"))
 		return string(b), err
 	})
-	ca := filepath.Join(out, "pki", "ca.pem")
-	url := "ssl://" + listen
+	mf.ca = filepath.Join(mf.out, "pki", "ca.pem")
+	mf.url = "ssl://" + mf.listen
 
 	adminAddr := freeAddr(t)
-	startProc(t, filepath.Join(f.dir, "coordinator.log"), f.coord, "serve", "--data", f.data, "--fleet", "itest",
+	f.coordProc = startProc(t, filepath.Join(f.dir, "coordinator.log"), f.coord, append([]string{"serve", "--data", f.data, "--fleet", "itest",
 		"--admin", adminAddr, "--test-data", f.mnist, "--log-format", "console", "--tick", "200ms",
-		"--broker", url, "--broker-user", "coordinator", "--broker-password-file", filepath.Join(f.data, CoordinatorBrokerPasswordFile),
-		"--broker-ca", ca)
+		"--broker", mf.url, "--broker-user", "coordinator", "--broker-password-file", filepath.Join(f.data, CoordinatorBrokerPasswordFile),
+		"--broker-ca", mf.ca}, serveArgs...)...)
 	f.adminFlags = []string{"--admin", adminAddr, "--data", f.data}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -175,25 +211,28 @@ func TestExternalMosquittoFromBrokerConfig(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("coordinator not up: %v\n%s", err, mq.Log())
+			t.Fatalf("coordinator not up: %v\n%s", err, mf.mq.Log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	f.key = strings.TrimSpace(cli(t, f.coord, "key", "--data", f.data))
+	return mf
+}
 
-	// A device may not be named like the coordinator's client id.
-	var refused bytes.Buffer
-	cmd := exec.Command(f.coord, append([]string{"devices", "add", "coordinator-itest"}, f.adminFlags...)...)
-	cmd.Stdout, cmd.Stderr = &refused, &refused
-	if err := cmd.Run(); err == nil || !strings.Contains(refused.String(), "reserved") {
-		t.Fatalf("devices add coordinator-itest: %v\n%s", err, refused.String())
-	}
+func (mf *mosquittoFleet) brokerConfig(t *testing.T) {
+	t.Helper()
+	cli(t, mf.coord, "broker-config", "mosquitto", "--data", mf.data, "--out", mf.out, "--fleet", "itest",
+		"--listen", mf.listen, "--user", mf.userFlag, "--log-file", filepath.Join(mf.out, "mosquitto.log"))
+}
 
-	const n = 2
+// addDevices runs `devices add` for each id (external mode prints the
+// broker password), regenerates Mosquitto's files and reloads it; it
+// returns each device's broker password and enrollment token.
+func (mf *mosquittoFleet) addDevices(t *testing.T, ids ...string) map[string][2]string {
+	t.Helper()
 	secrets := map[string][2]string{}
-	for i := range n {
-		id := fmt.Sprintf("dev-%d", i)
-		outp := f.cli(t, "devices", "add", id)
+	for _, id := range ids {
+		outp := mf.cli(t, "devices", "add", id)
 		m := secretLine.FindAllStringSubmatch(outp, -1)
 		got := map[string]string{}
 		for _, x := range m {
@@ -204,44 +243,44 @@ func TestExternalMosquittoFromBrokerConfig(t *testing.T) {
 		}
 		secrets[id] = [2]string{got["broker password"], got["enrollment token"]}
 	}
-	brokerConfig()
-	mq.Signal(t, syscall.SIGHUP)
+	reloads := strings.Count(mf.mq.Log(), "Reloading config")
+	mf.brokerConfig(t)
+	mf.mq.Signal(t, syscall.SIGHUP)
 	waitLog := time.Now().Add(10 * time.Second)
-	for !strings.Contains(mq.Log(), "Reloading config") {
+	for strings.Count(mf.mq.Log(), "Reloading config") == reloads {
 		if time.Now().After(waitLog) {
-			t.Fatalf("mosquitto did not reload:\n%s", mq.Log())
+			t.Fatalf("mosquitto did not reload:\n%s", mf.mq.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for i := range n {
-		id := fmt.Sprintf("dev-%d", i)
-		startProc(t, filepath.Join(f.dir, id+".log"), f.agentBin, "run", "--fleet", "itest", "--device-id", id,
-			"--enrollment-token", secrets[id][1], "--coordinator-key", f.key,
-			"--data", fmt.Sprintf("mnist:%s?part=%d/%d", f.mnist, i, 10),
-			"--storage", filepath.Join(f.dir, id), "--predict-listen", "off", "--log-format", "console",
-			"--broker", url, "--username", id, "--password", secrets[id][0], "--ca-file", ca)
-	}
+	return secrets
+}
+
+// startAgent starts an edgeagent process for id on Mosquitto.
+func (mf *mosquittoFleet) startAgent(t *testing.T, id string, secret [2]string, data string) {
+	t.Helper()
+	startProc(t, filepath.Join(mf.dir, id+".log"), mf.agentBin, "run", "--fleet", "itest", "--device-id", id,
+		"--enrollment-token", secret[1], "--coordinator-key", mf.key,
+		"--data", data, "--storage", filepath.Join(mf.dir, id), "--predict-listen", "off", "--log-format", "console",
+		"--broker", mf.url, "--username", id, "--password", secret[0], "--ca-file", mf.ca)
+}
+
+// waitOnline waits until n devices are online.
+func (f *testFleet) waitOnline(t *testing.T, ctx context.Context, n int) {
+	t.Helper()
 	for {
 		st, err := f.c.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if st.DevicesOnline == n {
-			break
+			return
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("only %d devices online\n%s", st.DevicesOnline, mq.Log())
+			t.Fatalf("only %d of %d devices online", st.DevicesOnline, n)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	st := f.train(t, 1, n, "--model", "mlp", "--rounds", "1", "--min-clients", "2", "--server-eval", "--lr", "0.1", "--deadline", "3m")
-	if acc := st.History[0].ServerAccuracy; acc < 0.5 {
-		t.Fatalf("accuracy after one round %.4f", acc)
-	}
-	if strings.Contains(mq.Log(), "port 1883") {
-		t.Fatalf("Mosquitto opened a plain listener:\n%s", mq.Log())
-	}
-	t.Logf("external Mosquitto fleet: one round in %v", time.Since(f.start).Round(time.Millisecond))
 }
 
 // TestEmbeddedBrokerMetrics: the coordinator's /metrics exposes the

@@ -135,6 +135,7 @@ type testFleet struct {
 	c               *admin.Client
 	key             string
 	start           time.Time
+	coordProc       *exec.Cmd
 }
 
 // startFleet builds the binaries and starts `coordinator serve` with the
@@ -164,7 +165,7 @@ func startFleetWith(t *testing.T, ctx context.Context, brokerArgs []string, at *
 	f.dir = t.TempDir()
 	f.data = filepath.Join(f.dir, "coordinator")
 	adminAddr := freeAddr(t)
-	startProc(t, filepath.Join(f.dir, "coordinator.log"), f.coord, append([]string{"serve", "--data", f.data, "--fleet", "itest",
+	f.coordProc = startProc(t, filepath.Join(f.dir, "coordinator.log"), f.coord, append([]string{"serve", "--data", f.data, "--fleet", "itest",
 		"--admin", adminAddr, "--test-data", f.mnist, "--log-format", "console", "--tick", "200ms"}, brokerArgs...)...)
 	f.adminFlags = []string{"--admin", adminAddr, "--data", f.data}
 	base, hc := "http://"+adminAddr, (*http.Client)(nil)
@@ -212,19 +213,7 @@ func (f *testFleet) addAgents(t *testing.T, ctx context.Context, n int, agentBro
 			"--storage", filepath.Join(f.dir, id), "--predict-listen", "off", "--log-format", "console"}, agentBroker(id, res)...)
 		startProc(t, filepath.Join(f.dir, id+".log"), f.agentBin, args...)
 	}
-	for {
-		st, err := f.c.Status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.DevicesOnline == n {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("only %d devices online", st.DevicesOnline)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	f.waitOnline(t, ctx, n)
 	t.Logf("%d agents enrolled and online after %v", n, time.Since(f.start).Round(time.Millisecond))
 }
 

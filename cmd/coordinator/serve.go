@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +37,7 @@ import (
 )
 
 type serveFlags struct {
+	memoryLimit                  string
 	data, fleet                  string
 	listen, tlsListen            string
 	tlsCert, tlsKey, tlsClientCA string
@@ -74,8 +77,16 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.testData, "test-data", "", "MNIST IDX directory for server-side evaluation (optional)")
 	fs.DurationVar(&f.tick, "tick", time.Second, "round clock tick")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "", "soft memory limit of the Go heap, e.g. 512MiB (empty: $GOMEMLIMIT or none); the GC works harder near it")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if f.memoryLimit != "" {
+		n, err := parseBytes(f.memoryLimit)
+		if err != nil {
+			return fmt.Errorf("%w: --memory-limit: %v", errUsage, err)
+		}
+		debug.SetMemoryLimit(n)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, fs.Args())
@@ -303,4 +314,24 @@ func startBroker(f serveFlags, creds *registry.CredentialFile, log *zap.Logger) 
 		return nil, nil, "", "", err
 	}
 	return b, bc, "tcp://" + b.TCPAddr(), password, nil
+}
+
+// parseBytes reads a size such as 512MiB, 1GiB, 300MB or 1048576.
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mul    int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+	num, mul := s, int64(1)
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mul = v, u.mul
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mul {
+		return 0, fmt.Errorf("%q is not a size like 512MiB", s)
+	}
+	return n * mul, nil
 }

@@ -120,6 +120,7 @@ func (m *Metrics) bytesOut(n int) {
 type healthCollector struct {
 	s                                    *Server
 	shed, queued, accepted, healthy, rtt *prometheus.Desc
+	blobServed, blobRefused              *prometheus.Desc
 }
 
 func newHealthCollector(s *Server) *healthCollector {
@@ -130,6 +131,10 @@ func newHealthCollector(s *Server) *healthCollector {
 		accepted: prometheus.NewDesc("fedge_inbound_queued_total", "Inbound messages queued in the coordinator's inbox, by kind.", []string{"kind"}, nil),
 		healthy:  prometheus.NewDesc("fedge_healthy", "1 while /healthz says ok: serving, hearing the broker and keeping up.", nil, nil),
 		rtt:      prometheus.NewDesc("fedge_probe_rtt_seconds", "Round trip of the last probe the coordinator sent itself through the broker.", nil, nil),
+		blobServed: prometheus.NewDesc("fedge_blob_requests_served_total",
+			"Devices' signed requests for model chunks that were served (chunks queued for publishing).", nil, nil),
+		blobRefused: prometheus.NewDesc("fedge_blob_requests_refused_total",
+			"Devices' requests for model chunks refused, by reason (invalid: unauthenticated, malformed or unknown blob; rate_limited).", []string{"reason"}, nil),
 	}
 }
 
@@ -139,6 +144,8 @@ func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.accepted
 	ch <- c.healthy
 	ch <- c.rtt
+	ch <- c.blobServed
+	ch <- c.blobRefused
 }
 
 func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
@@ -160,4 +167,10 @@ func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, ok)
 	ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, float64(h.ProbeRTTMs)/1000)
+	if snd := c.s.blobSender.Load(); snd != nil {
+		st := snd.Stats()
+		ch <- prometheus.MustNewConstMetric(c.blobServed, prometheus.CounterValue, float64(st.Requests))
+		ch <- prometheus.MustNewConstMetric(c.blobRefused, prometheus.CounterValue, float64(st.BadRequests), "invalid")
+		ch <- prometheus.MustNewConstMetric(c.blobRefused, prometheus.CounterValue, float64(st.RateLimited), "rate_limited")
+	}
 }

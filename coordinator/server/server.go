@@ -23,6 +23,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -138,6 +139,8 @@ type Server struct {
 	started chan struct{}
 	in      *inbox
 	health  *health
+	// blobSender is the loop's sender, for the metrics goroutine.
+	blobSender atomic.Pointer[blob.Sender]
 	rejLog  *zap.Logger // rate-limited logger for refused messages
 
 	// Owned by the loop goroutine.
@@ -254,6 +257,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.sender = blob.NewSender(s.tr, blob.Coordinator(s.cfg.Fleet), blob.SenderConfig{
 		ChunkSize: s.cfg.BlobChunkSize, Open: s.openBlobRequest, RequesterRate: s.cfg.BlobRequestRate, Sent: s.metrics.bytesOut,
 	}, s.log.Named("blob"))
+	s.blobSender.Store(s.sender)
 	waitSender, err := s.sender.Start(ctx)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
