@@ -141,7 +141,7 @@ type Server struct {
 	health  *health
 	// blobSender is the loop's sender, for the metrics goroutine.
 	blobSender atomic.Pointer[blob.Sender]
-	rejLog  *zap.Logger // rate-limited logger for refused messages
+	rejLog     *zap.Logger // rate-limited logger for refused messages
 
 	// Owned by the loop goroutine.
 	m         *round.Machine

@@ -169,11 +169,11 @@ func (a *Agent) newSession(tr transport.Transport) (*session, error) {
 	}
 	s := &session{
 		a: a, tr: tr,
-		m:       NewMachine(a.o.Machine, refs, task, pending, done),
-		events:  make(chan Event, 64),
-		recv:    blob.NewReceiver(tr, blob.ReceiverConfig{Self: a.o.DeviceID,
+		m:      NewMachine(a.o.Machine, refs, task, pending, done),
+		events: make(chan Event, 64),
+		recv: blob.NewReceiver(tr, blob.ReceiverConfig{Self: a.o.DeviceID,
 			Seal: wire.BlobRequestSealer(a.o.Key, a.o.DeviceID, a.o.Clock.Now)}, a.log),
-		send:    blob.NewSender(tr, blob.Device(a.o.Fleet, a.o.DeviceID), blob.SenderConfig{Workers: 1,
+		send: blob.NewSender(tr, blob.Device(a.o.Fleet, a.o.DeviceID), blob.SenderConfig{Workers: 1,
 			Open: wire.BlobRequestOpener(a.o.Limits, wire.StaticKeys(map[string]ed25519.PublicKey{wire.CoordinatorID: a.o.CoordinatorKey}), nil)}, a.log),
 		offered: map[uint64]blob.ID{},
 		cancels: map[uint64]context.CancelFunc{},
@@ -269,4 +269,3 @@ func (s *session) enrolled(ctx context.Context, r *fedgepb.EnrollResponse) error
 	}
 	return nil
 }
-
