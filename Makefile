@@ -21,6 +21,12 @@ deps:
 ## test suites (slow and external-broker suites included) and short fuzz runs.
 test: deps check race fuzz
 
+## test-short: the inner loop: the tests without the race detector and with
+## -short, which skips the process, crash, Mosquitto and long fleet suites
+## (testing.Short); no fuzzing. `make test` runs all of them, never -short.
+test-short:
+	$(GO) test -short ./...
+
 race:
 	$(GO) test -race -count=1 -timeout 25m ./...
 
