@@ -6,6 +6,7 @@ FUZZTIME  ?= 3s
 AGENT_TARGETS := linux/amd64 linux/arm64 linux/arm/7 linux/riscv64
 export FEDGE_REQUIRE_EXTERNAL ?= 1
 
+.PHONY: layers-check test-short
 .PHONY: all build test check deps proto proto-check wasm wasm-check fmt-check vet tidy-check fuzz race agents bench clean
 
 all: build
@@ -20,6 +21,12 @@ deps:
 ## test suites (slow and external-broker suites included) and short fuzz runs.
 test: deps check race fuzz
 
+## test-short: the inner loop: the tests without the race detector and with
+## -short, which skips the process, crash, Mosquitto and long fleet suites
+## (testing.Short); no fuzzing. `make test` runs all of them, never -short.
+test-short:
+	$(GO) test -short ./...
+
 race:
 	$(GO) test -race -count=1 -timeout 25m ./...
 
@@ -29,6 +36,11 @@ fuzz:
 ## check: fails when formatting, vet, go.mod, the generated protobuf code or
 ## the built WASM models are not what the sources say.
 check: fmt-check vet tidy-check proto-check wasm-check
+
+# layers-check: the import rules of RATIONALE.md's Structure section.
+check: layers-check
+layers-check:
+	$(GO) test -count=1 ./internal/layers
 
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \

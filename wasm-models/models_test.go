@@ -28,6 +28,9 @@ func TestSizes(t *testing.T) {
 // TestBuildReproducible rebuilds every model with build.sh into a temporary
 // directory and checks the result equals the committed, embedded bytes.
 func TestBuildReproducible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("clang build of every model: skipped under -short (make test-short); make test runs it")
+	}
 	_, errClang := exec.LookPath("clang")
 	_, errClang14 := exec.LookPath("clang-14")
 	if errClang != nil && errClang14 != nil {

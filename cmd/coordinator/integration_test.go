@@ -99,6 +99,9 @@ const agents = 10
 // its own tenth of MNIST; 5 rounds of mlp. The server-side test-set
 // accuracy must rise every round and reach 90%.
 func TestTenAgentsMNIST(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	brokerAddr := freeAddr(t)
 	tenAgents(t, []string{"--listen", brokerAddr}, func(id string, res *admin.AddDeviceResult) []string {
 		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
@@ -108,6 +111,9 @@ func TestTenAgentsMNIST(t *testing.T) {
 // TestTenAgentsMNISTMosquitto is acceptance 1 over Mosquitto with TLS and
 // the fedge ACLs (generated from topics.Allowed).
 func TestTenAgentsMNISTMosquitto(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	users := []mosquittotest.User{{Name: "coordinator", Password: "coordinator-secret-pw", Identity: topics.Identity{Role: topics.RoleCoordinator}}}
 	for i := range agents {
 		id := fmt.Sprintf("dev-%d", i)

@@ -16,6 +16,9 @@ import (
 // round is aggregated by SecAgg+ (the coordinator sees masked inputs only)
 // and the model learns.
 func TestSecureRoundProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	brokerAddr := freeAddr(t)

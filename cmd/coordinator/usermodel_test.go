@@ -38,6 +38,9 @@ func withCustomSection(wasm []byte, name string, payload []byte) []byte {
 // MQTT, serves predictions on an agent, and is rolled back with `models
 // rollback`; the agent installs the rolled-back version.
 func TestUserModel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	brokerAddr := freeAddr(t)

@@ -53,6 +53,9 @@ func TestUsageErrors(t *testing.T) {
 // TestRunScenarioFile runs a tiny fleet from a YAML file with overrides and
 // checks what the command prints and writes.
 func TestRunScenarioFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long fleet run: skipped under -short (make test-short); make test runs it")
+	}
 	t.Setenv("FEDGE_MNIST_DIR", datatest.MNISTDir(t))
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tiny.yaml")

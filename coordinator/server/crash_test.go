@@ -261,6 +261,9 @@ func (a *crashAgent) onTask(ctx context.Context, t *testing.T, tr transport.Tran
 // and the final model is exactly the FedAvg of every device's update of
 // each round, once (an update lost or counted twice would change it).
 func TestCrashAtFaultPoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	points := []struct {
 		fault string
 		at    int

@@ -56,6 +56,9 @@ func TestCrashDurability(t *testing.T) {
 		crashChild(dir, start)
 		return
 	}
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	dir := t.TempDir()
 	next := uint64(1)
 	for _, acks := range []int{1, 37, 150} {

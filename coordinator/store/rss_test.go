@@ -80,6 +80,9 @@ func TestLowMemoryFootprint(t *testing.T) {
 		rssChild(kind, os.Getenv(envCrashDir))
 		return
 	}
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	if _, err := os.Stat("/proc/self/status"); err != nil {
 		t.Skipf("no /proc: %v", err)
 	}

@@ -55,6 +55,9 @@ func TestAgentKilledMidway(t *testing.T) {
 		crashChild(t, mode)
 		return
 	}
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	for _, mode := range []string{"published", "task"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()

@@ -417,6 +417,12 @@ func (m *Machine) taskDone(e EvTaskDone) []Action {
 		return []Action{ActDrop{Round: e.Round, Reason: e.Err.Error()}}
 	}
 	p := e.Result
+	if len(m.pending) == 0 {
+		// The resend clock starts with this publish (m.now is at most a
+		// tick old), not at the last resend, which may be long past: that
+		// resent every result at the next tick, before its ack could come.
+		m.lastResend = m.now
+	}
 	m.pending = append(m.pending, p)
 	slices.SortFunc(m.pending, func(a, b Pending) int { return cmpU64(a.RoundID, b.RoundID) })
 	return []Action{ActFinish{Pending: p}, ActPublish{Pending: p}}

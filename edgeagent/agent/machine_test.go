@@ -130,6 +130,15 @@ func TestMachine(t *testing.T) {
 			{ack(7, 1), "acked 7"},
 			{EvTask{Task: train(7, 1), Now: t0}, "ignore task"}, // never retrain a done round
 		}},
+		{name: "a new result is resent a resend interval after its publish", models: v1, steps: []step{
+			{EvStart{Now: t0}, ""},
+			{EvTask{Task: train(7, 1), Now: t0.Add(time.Minute)}, "persist 7, run 7 v1"},
+			{EvTick{Now: t0.Add(2 * time.Minute)}, ""},
+			{EvTaskDone{Round: 7, Result: pend(7, 1)}, "finish 7, publish 7"},
+			{EvTick{Now: t0.Add(2*time.Minute + time.Second)}, ""},
+			{EvTick{Now: t0.Add(2*time.Minute + 30*time.Second)}, "publish 7"},
+			{ack(7, 1), "acked 7"},
+		}},
 		{name: "task waits for its base model", models: v1, steps: []step{
 			{EvStart{Now: t0}, ""},
 			{EvTask{Task: train(8, 2), Now: t0}, "persist 8"},

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -104,11 +105,26 @@ func TestSecureTask(t *testing.T) {
 	}
 	index := func(env *wire.Envelope) uint32 { return uint32(slices.Index(ids, env.Sender)) }
 	var samples [3]uint64
+	updates := map[string][]byte{} // message id of each device's update
 	for srv.Stage() < secagg.StageDone {
 		stage := srv.Stage()
-		for range ids {
+		for i := 0; i < len(ids); i++ {
 			if stage == secagg.StageMaskedInputCollection {
 				env := sb.next(sb.upd)
+				if id, ok := updates[env.Sender]; ok {
+					// An update is resent until acknowledged (every 200 ms
+					// here): the coordinator acknowledges a copy again and
+					// never feeds it to the protocol twice.
+					if !bytes.Equal(id, env.MessageID) {
+						t.Fatalf("%s sent a second, different update", env.Sender)
+					}
+					if err := c.ack(c.ctx, env, 9, env.Sender); err != nil {
+						t.Fatal(err)
+					}
+					i--
+					continue
+				}
+				updates[env.Sender] = env.MessageID
 				u := env.Msg.(*fedgepb.Update)
 				if u.Codec != fedgepb.Codec_CODEC_SECAGG || u.RoundId != 9 || len(u.EncodedDelta) == 0 {
 					t.Fatalf("masked input update %+v", u)

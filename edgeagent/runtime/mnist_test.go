@@ -17,6 +17,9 @@ import (
 // logged (go test -v) and, when FEDGE_REPORT_DIR is set, written to
 // mnist_accuracy.txt there.
 func TestMNISTAccuracy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long training run: skipped under -short (make test-short); make test runs it")
+	}
 	train, test := datatest.MNIST(t)
 	ctx := context.Background()
 	h := newHost(t, Config{})

@@ -5,7 +5,8 @@
 // persistence in the test's temporary directory so Restart keeps sessions.
 //
 // When the mosquitto binary is missing, Start skips the test, or fails it if
-// the environment variable FEDGE_REQUIRE_EXTERNAL is set (as CI does).
+// the environment variable FEDGE_REQUIRE_EXTERNAL is set (as CI does); under
+// -short it skips the test whatever is installed.
 package mosquittotest
 
 import (
@@ -108,9 +109,13 @@ func brokerBinary() (string, error) { return find("mosquitto", brokerPaths) }
 func passwdBinary() (string, error) { return find("mosquitto_passwd", passwdPaths) }
 
 // Require skips t (or fails it when FEDGE_REQUIRE_EXTERNAL is set) if
-// Mosquitto is not installed.
+// Mosquitto is not installed. Under -short (make test-short) it skips t
+// always: the Mosquitto suites are among the slow ones make test runs.
 func Require(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("Mosquitto suite: skipped under -short (make test-short); make test runs it")
+	}
 	if err := Available(); err != nil {
 		if os.Getenv(RequireEnv) != "" {
 			t.Fatalf("%v (%s is set, so this is a failure)", err, RequireEnv)

@@ -54,6 +54,9 @@ var wallField = regexp.MustCompile(`"wall_seconds":[-0-9.e+]+,?`)
 // and bandwidth, so stragglers, dropped devices and arrival order all play
 // a part.
 func TestSameSeedSameMetrics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long fleet run: skipped under -short (make test-short); make test runs it")
+	}
 	sets := mnistSets(t)
 	var runs [2][]byte
 	var results [2]*Result
@@ -123,6 +126,9 @@ func TestSameSeedSameMetrics(t *testing.T) {
 // (its in-process listener): the same coordinator and agents as over memory, the
 // same accuracy.
 func TestBrokerTransport(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long fleet run: skipped under -short (make test-short); make test runs it")
+	}
 	sets := mnistSets(t)
 	yaml := "name: broker\nmodel: logreg\ntransport: %s\nclients: 4\nrounds: 2\ntest_samples: 1000\nselection: {fraction: 1, min_clients: 4}\n"
 	var acc [2]float64
@@ -145,6 +151,9 @@ func TestBrokerTransport(t *testing.T) {
 // coordinate-wise median holds, and the summary carries both (issue 7,
 // acceptance 4, in small).
 func TestAttackersBaseline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long fleet run: skipped under -short (make test-short); make test runs it")
+	}
 	sets := mnistSets(t)
 	yaml := "name: attack\nmodel: logreg\nclients: 10\nrounds: 3\ntest_samples: 1000\n" +
 		"selection: {fraction: 1, min_clients: 10}\nstrategy: {name: median}\nattackers: {fraction: 0.3, kind: sign_flip, scale: 10}\n"

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,19 +75,38 @@ func TestDropConnectionReconnects(t *testing.T) {
 	})
 }
 
+// dropConnection holds the device's reconnect back until the message
+// "during outage" is in the broker's session for it. Without that the
+// reconnect (immediate on loopback) can meet the publish in the middle of
+// the broker's session take-over, where mochi v2.7.9 loses a QoS 1 message
+// after the PUBACK (a broker limitation RATIONALE.md records, not what this
+// test is about): measured as 3 lost messages in 400 runs under -race on a
+// busy machine.
 func dropConnection(t *testing.T, b transporttest.MQTTBroker) {
 	ctx := context.Background()
 	coord := transporttest.Dial(t, b, coordID, "coordinator-1", nil)
-	dev := transporttest.Dial(t, b, devAID, devA, nil)
+	reconnect := make(chan struct{})
+	dev := transporttest.Dial(t, b, devAID, devA, func(c *mqtt.Config) { gateRedials(t, c, reconnect) })
 	sub, err := dev.Subscribe(ctx, topics.DeviceInAll(fleet, devA))
 	if err != nil {
 		t.Fatal(err)
 	}
 	dev.DropConnection()
+	// paho reports the loss on a goroutine of its own, concurrently with
+	// its reconnect, so Stats.Lost is counted a little later.
+	waitStats(t, dev, "a lost connection", func(st mqtt.Stats) bool { return st.Lost >= 1 })
 	topic := topics.DeviceIn(fleet, devA, topics.KindTask)
 	if err := coord.Publish(ctx, topic, []byte("during outage"), transport.PublishOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// A broker acknowledges a publish before it fans it out, and handles one
+	// connection's packets in order: once a second publish of the same
+	// client is acknowledged, the first one is queued in the device's session.
+	fence := topics.DeviceIn(fleet, transporttest.Devices[1], topics.KindTask)
+	if err := coord.Publish(ctx, fence, []byte("fence"), transport.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	close(reconnect)
 	if m := recv(t, sub); string(m.Payload) != "during outage" {
 		t.Fatalf("got %q", m.Payload)
 	}
@@ -100,8 +122,38 @@ func dropConnection(t *testing.T, b transporttest.MQTTBroker) {
 	if m := recv(t, up); string(m.Payload) != "back" {
 		t.Fatalf("got %q", m.Payload)
 	}
-	if st := dev.Stats(); st.Connects < 2 || st.Lost < 1 {
-		t.Fatalf("stats %+v, want a lost connection and a reconnect", st)
+	// paho calls the connect handler on a goroutine of its own too.
+	waitStats(t, dev, "a reconnect", func(st mqtt.Stats) bool { return st.Connects >= 2 && st.Lost >= 1 })
+}
+
+// gateRedials makes the client of cfg dial its tcp:// broker itself and
+// hold every dial after the first until reconnect is closed.
+func gateRedials(t *testing.T, cfg *mqtt.Config, reconnect <-chan struct{}) {
+	u, err := url.Parse(cfg.BrokerURL)
+	if err != nil || u.Scheme != "tcp" || cfg.Dial != nil {
+		t.Fatalf("gateRedials needs a plain tcp:// broker, have %q", cfg.BrokerURL)
+	}
+	var dials atomic.Int32
+	cfg.Dial = func(ctx context.Context) (net.Conn, error) {
+		if dials.Add(1) > 1 {
+			select {
+			case <-reconnect:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", u.Host)
+	}
+}
+
+// waitStats waits up to 10 s for the client's stats to satisfy ok.
+func waitStats(t *testing.T, c *mqtt.Client, what string, ok func(mqtt.Stats) bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ok(c.Stats()); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, want %s", c.Stats(), what)
+		}
 	}
 }
 
