@@ -51,6 +51,9 @@ func TestAdminsUsage(t *testing.T) {
 // refuses a client without a certificate from that CA, and the CLI gets
 // through with --admin-cert/--admin-key.
 func TestAdminMTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pki, err := tlsutil.WritePKI(filepath.Join(t.TempDir(), "pki"), nil, "ops")

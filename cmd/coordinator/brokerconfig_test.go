@@ -286,6 +286,9 @@ func (f *testFleet) waitOnline(t *testing.T, ctx context.Context, n int) {
 // TestEmbeddedBrokerMetrics: the coordinator's /metrics exposes the
 // embedded broker's counters, rate-limited publishes included.
 func TestEmbeddedBrokerMetrics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	brokerAddr := freeAddr(t)

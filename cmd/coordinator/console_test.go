@@ -168,6 +168,9 @@ func (b *browser) login(token string) {
 // reads the audit log, and checks a viewer cannot start a run. Screenshots
 // of every page, laptop and phone, go to screenshotDir.
 func TestConsoleBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	chrome := chromium(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

@@ -54,6 +54,9 @@ const (
 // update of every round aggregated), the coordinator must stay healthy,
 // within its memory and log bounds, and count what it refused or shed.
 func TestHostileDevice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
 	// The undisturbed run, once: training is the same over either broker
 	// (same seed, partitions and initial weights).
 	var baseAcc float64
