@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -284,4 +285,51 @@ func tenAgents(t *testing.T, brokerArgs []string, agentBroker func(id string, re
 		t.Fatalf("final accuracy %.4f below 0.90", prev)
 	}
 	t.Logf("5 rounds in %v (total %v)", time.Since(runStart).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// TestSIGTERMAgentGoesOffline: an agent stopped by its service manager
+// (SIGTERM) says it is offline before it disconnects; the broker sends no
+// last will on a clean disconnect, so without that it stayed online and
+// was selected for later rounds.
+func TestSIGTERMAgentGoesOffline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test: skipped under -short (make test-short); make test runs it")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	brokerAddr := freeAddr(t)
+	f := startFleet(t, ctx, []string{"--listen", brokerAddr})
+	res, err := f.c.AddDevice(ctx, "dev-term")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := startProc(t, filepath.Join(f.dir, "dev-term.log"), f.agentBin, "run", "--fleet", "itest", "--device-id", "dev-term",
+		"--enrollment-token", res.Token, "--coordinator-key", f.key, "--data", fmt.Sprintf("mnist:%s?part=0/10", f.mnist),
+		"--storage", filepath.Join(f.dir, "dev-term"), "--predict-listen", "off", "--log-format", "console",
+		"--broker", "tcp://"+brokerAddr, "--username", res.Username, "--password", res.Password)
+	f.waitOnline(t, ctx, 1)
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	for {
+		devs := f.cli(t, "devices", "list")
+		online := ""
+		for _, line := range strings.Split(devs, "\n") {
+			if fs := strings.Fields(line); len(fs) > 2 && fs[0] == "dev-term" {
+				online = fs[2] // the ONLINE column
+			}
+		}
+		if online == "false" {
+			t.Logf("offline in devices list %v after SIGTERM:\n%s", time.Since(sent).Round(time.Millisecond), devs)
+			break
+		}
+		if time.Since(sent) > time.Second {
+			t.Fatalf("still online %v after SIGTERM:\n%s", time.Since(sent).Round(time.Millisecond), devs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := agent.Wait(); err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v", err)
+	}
 }

@@ -266,6 +266,11 @@ func runAgent(parent context.Context, args []string, stderr io.Writer) error {
 		<-errc // the other one stops with ctx
 	}
 	if signalled {
+		gctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := a.Goodbye(gctx, tr); err != nil {
+			log.Warn("offline status not sent", zap.Error(err))
+		}
+		cancel()
 		log.Info("edgeagent stopped")
 		return nil
 	}

@@ -20,6 +20,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -177,6 +178,20 @@ func (a *Agent) Will() (*transport.Will, error) {
 		return nil, fmt.Errorf("agent will: %w", err)
 	}
 	return &transport.Will{Topic: topics.DeviceOut(a.o.Fleet, a.o.DeviceID, topics.KindStatus), Payload: raw}, nil
+}
+
+// Goodbye publishes a freshly signed offline status: on a clean shutdown
+// the broker does not send the last will, and without it the device would
+// stay online (and be selected) until the coordinator restarted.
+func (a *Agent) Goodbye(ctx context.Context, tr transport.Transport) error {
+	w, err := a.Will()
+	if err != nil {
+		return err
+	}
+	if err := tr.Publish(ctx, w.Topic, w.Payload, transport.PublishOptions{}); err != nil {
+		return fmt.Errorf("agent goodbye: %w", err)
+	}
+	return nil
 }
 
 func (a *Agent) activeRef() (ModelRef, bool) {
