@@ -92,7 +92,7 @@ func TestInbox(t *testing.T) {
 		}
 	})
 
-	t.Run("rate limit per device", func(t *testing.T) {
+	t.Run("rate limit per device and kind", func(t *testing.T) {
 		in := newInbox(InboxConfig{PerDevice: 1000, Rate: 10, Burst: 20}, clk)
 		for range 50 {
 			in.put(inMessage("a", topics.KindEnroll, "e"))
@@ -111,6 +111,11 @@ func TestInbox(t *testing.T) {
 		}
 		if r := in.takeRetry(); len(r) != 1 || r[0] != "b" {
 			t.Fatalf("retry %v, want [b] (secagg shed)", r)
+		}
+		// A's enroll flood spent its enroll bucket only: its update gets in.
+		in.put(inMessage("a", topics.KindUpdate, "u"))
+		if st := in.stats(); st.Queued["update"] != 1 {
+			t.Fatalf("a's update after its enroll flood: %+v", st)
 		}
 	})
 
@@ -161,14 +166,24 @@ func TestBurstKeepsHearing(t *testing.T) {
 	if a := ags[1].ack(msg); !a.Accepted {
 		t.Fatalf("dev-b's update refused: %v", a)
 	}
-	// dev-a was told to retry later, then its replayed update counts once.
+	// dev-a was told to retry later; it resends its update then, as agents
+	// do, and the update counts once.
 	for {
 		a := ags[0].next(fedgepb.PayloadType_PAYLOAD_TYPE_ACK).Msg.(*fedgepb.Ack)
 		if a.RetryAfterMs > 0 {
+			h.clk.Advance(time.Duration(a.RetryAfterMs) * time.Millisecond)
+			ags[0].raw(topics.KindUpdate, up)
 			break
 		}
 	}
-	h.waitFor("round committed", func() bool { return h.status().ModelVersion == 2 })
+	deadline := time.Now().Add(wait)
+	for h.status().ModelVersion != 2 {
+		if time.Now().After(deadline) {
+			d := h.status()
+			t.Fatalf("round not committed: round %+v, inbound %+v, rejections %v", d.Round, d.Inbound, d.Rejections)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	doc := h.status()
 	in := doc.Inbound
 	if in == nil {

@@ -26,8 +26,8 @@ import (
 //     every result until it is acknowledged, so nothing acknowledged is
 //     lost.
 //
-// Every device also has a token bucket (rate and burst configurable); a
-// message over it is refused before it is queued. Every refusal is counted
+// Every device also has a token bucket per kind (rate and burst
+// configurable); a message over it is refused before it is queued. Every refusal is counted
 // by kind and reason.
 
 // Inbound message kinds, in the order the loop serves them.
@@ -61,9 +61,9 @@ type InboxConfig struct {
 	MaxMessages int
 	// MaxBytes bounds the payload bytes queued in all (default 256 MiB).
 	MaxBytes int64
-	// Rate is each device's sustained message rate per second (default 50)
-	// and Burst its bucket (default 200). A negative Rate disables the
-	// limit.
+	// Rate is each device's sustained message rate per second and kind
+	// (default 50) and Burst its bucket (default 200). A negative Rate
+	// disables the limit.
 	Rate  float64
 	Burst float64
 }
@@ -105,7 +105,7 @@ type inbox struct {
 	kinds    [numInKinds]kindQueue
 	bytes    int64
 	next     int // kind served next
-	buckets  map[string]*bucket
+	buckets  map[bucketKey]*bucket
 	retry    map[string]struct{} // devices to tell "retry later"
 	accepted [numInKinds]uint64
 	shed     [numInKinds]map[string]uint64
@@ -127,6 +127,11 @@ type inMsg struct {
 	at time.Time
 }
 
+type bucketKey struct {
+	dev  string
+	kind int
+}
+
 type bucket struct {
 	tokens float64
 	last   time.Time
@@ -134,7 +139,7 @@ type bucket struct {
 
 func newInbox(cfg InboxConfig, now func() time.Time) *inbox {
 	cfg.setDefaults()
-	in := &inbox{cfg: cfg, now: now, ready: make(chan struct{}, 1), buckets: map[string]*bucket{}, retry: map[string]struct{}{}}
+	in := &inbox{cfg: cfg, now: now, ready: make(chan struct{}, 1), buckets: map[bucketKey]*bucket{}, retry: map[string]struct{}{}}
 	for k := range in.kinds {
 		in.kinds[k].devs = map[string]*devQueue{}
 		in.shed[k] = map[string]uint64{}
@@ -166,7 +171,7 @@ func (in *inbox) put(m transport.Message) {
 		return
 	}
 	now := in.now()
-	if !in.allowLocked(dev, now) {
+	if !in.allowLocked(kind, dev, now) {
 		in.refuseLocked(kind, dev, ShedRateLimited)
 		return
 	}
@@ -220,15 +225,17 @@ func (in *inbox) refuseLocked(kind int, dev, reason string) {
 	}
 }
 
-// allowLocked takes a token from dev's bucket.
-func (in *inbox) allowLocked(dev string, now time.Time) bool {
+// allowLocked takes a token from dev's bucket for kind: one bucket per
+// kind, so that a device whose status flaps still gets its updates in.
+func (in *inbox) allowLocked(kind int, dev string, now time.Time) bool {
 	if in.cfg.Rate < 0 {
 		return true
 	}
-	b := in.buckets[dev]
+	key := bucketKey{dev, kind}
+	b := in.buckets[key]
 	if b == nil {
 		b = &bucket{tokens: in.cfg.Burst, last: now}
-		in.buckets[dev] = b
+		in.buckets[key] = b
 	}
 	if dt := now.Sub(b.last).Seconds(); dt > 0 {
 		b.tokens = min(in.cfg.Burst, b.tokens+dt*in.cfg.Rate)
