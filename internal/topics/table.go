@@ -16,6 +16,9 @@ type Entry struct {
 	Retained bool
 	// Kinds lists the values of {kind}, if the pattern has it.
 	Kinds []string
+	// Reader, if set, is who reads it when that is not the other side
+	// (the coordinator's probe to itself).
+	Reader Role
 }
 
 // Scheme is every topic fedge uses.
@@ -33,5 +36,6 @@ func Scheme() []Entry {
 		{Pattern: "fedge/v1/{fleet}/dev/{device}/out/blob/{id}/desc", Publisher: RoleDevice, Retained: true},
 		{Pattern: "fedge/v1/{fleet}/dev/{device}/out/blob/{id}/chunk", Publisher: RoleDevice},
 		{Pattern: "fedge/v1/{fleet}/dev/{device}/out/blob/{id}/req", Publisher: RoleDevice},
+		{Pattern: "fedge/v1/{fleet}/svc/probe", Publisher: RoleCoordinator, Reader: RoleCoordinator},
 	}
 }

@@ -11,6 +11,7 @@
 //	fedge/v1/{fleet}/dev/{device}/in/{kind}   coordinator -> device  tasks, acks, blob requests, secagg
 //	fedge/v1/{fleet}/dev/{device}/out/{kind}  device -> coordinator  hello/status, updates, blob chunks, secagg
 //	fedge/v1/{fleet}/dev/{device}/out/status  device's presence; also its last will (offline)
+//	fedge/v1/{fleet}/svc/probe                coordinator -> itself  liveness probe through the broker
 //
 // A device may publish only under its own dev/{device}/out/ and may read only
 // its own dev/{device}/in/ and the fleet's global/ topics. The coordinator
@@ -128,7 +129,7 @@ func AllDevicesOut(fleet string) string { return FleetRoot(fleet) + "/dev/+/out/
 type Parsed struct {
 	Fleet     string
 	Device    string   // set for dev/{device}/... topics
-	Direction string   // "in" or "out" for device topics, "global" for global topics
+	Direction string   // "in" or "out" for device topics, "global" for global topics, "svc" for the coordinator's own
 	Kind      string   // first segment after in/out/global
 	Rest      []string // segments after Kind
 }
@@ -151,6 +152,10 @@ func Parse(topic string) (Parsed, error) {
 	switch seg[3] {
 	case "global":
 		p.Direction = "global"
+		p.Kind = seg[4]
+		p.Rest = seg[5:]
+	case "svc":
+		p.Direction = "svc"
 		p.Kind = seg[4]
 		p.Rest = seg[5:]
 	case "dev":
