@@ -291,8 +291,7 @@ func TestEmbeddedBrokerMetrics(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	brokerAddr := freeAddr(t)
-	f := startFleet(t, ctx, []string{"--listen", brokerAddr})
+	f, brokerAddr := startEmbeddedFleet(t, ctx)
 	res, err := f.c.AddDevice(ctx, "dev-m")
 	if err != nil {
 		t.Fatal(err)

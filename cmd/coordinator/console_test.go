@@ -211,9 +211,7 @@ func TestConsoleBrowser(t *testing.T) {
 	vera := lastLine(cli(t, f.coord, "admins", "add", "vera", "--role", "viewer", "--data", f.data))
 
 	const n = 3
-	f.addAgents(t, ctx, n, func(id string, res *admin.AddDeviceResult) []string {
-		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
-	})
+	f.addAgents(t, ctx, n, embeddedBroker(brokerAddr))
 
 	// Registered devices that never connect: offline in the fleet page,
 	// and more audit entries to page through.

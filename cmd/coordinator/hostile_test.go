@@ -22,7 +22,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/fedge-dev/fedge/coordinator/admin"
 	"github.com/fedge-dev/fedge/internal/tlsutil"
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
@@ -63,11 +62,8 @@ func TestHostileDevice(t *testing.T) {
 	t.Run("undisturbed", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 		defer cancel()
-		brokerAddr := freeAddr(t)
-		f := startFleet(t, ctx, []string{"--listen", brokerAddr, "--memory-limit", hostileMemLimit})
-		f.addAgents(t, ctx, hostileAgentsNum, func(_ string, res *admin.AddDeviceResult) []string {
-			return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
-		})
+		f, brokerAddr := startEmbeddedFleet(t, ctx, "--memory-limit", hostileMemLimit)
+		f.addAgents(t, ctx, hostileAgentsNum, embeddedBroker(brokerAddr))
 		st := f.train(t, 2, hostileAgentsNum, hostileRunArgs...)
 		baseAcc = st.History[len(st.History)-1].ServerAccuracy
 	})
@@ -77,11 +73,8 @@ func TestHostileDevice(t *testing.T) {
 	t.Run("embedded", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 		defer cancel()
-		brokerAddr := freeAddr(t)
-		f := startFleet(t, ctx, []string{"--listen", brokerAddr, "--memory-limit", hostileMemLimit})
-		f.addAgents(t, ctx, hostileAgentsNum, func(_ string, res *admin.AddDeviceResult) []string {
-			return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
-		})
+		f, brokerAddr := startEmbeddedFleet(t, ctx, "--memory-limit", hostileMemLimit)
+		f.addAgents(t, ctx, hostileAgentsNum, embeddedBroker(brokerAddr))
 		hostileRun(t, ctx, f, baseAcc, func() (mqtt.Config, string) {
 			res, err := f.c.AddDevice(ctx, hostileID)
 			if err != nil {

@@ -104,9 +104,7 @@ func TestTenAgentsMNIST(t *testing.T) {
 		t.Skip("process test: skipped under -short (make test-short); make test runs it")
 	}
 	brokerAddr := freeAddr(t)
-	tenAgents(t, []string{"--listen", brokerAddr}, func(id string, res *admin.AddDeviceResult) []string {
-		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
-	})
+	tenAgents(t, []string{"--listen", brokerAddr}, embeddedBroker(brokerAddr))
 }
 
 // TestTenAgentsMNISTMosquitto is acceptance 1 over Mosquitto with TLS and
@@ -196,6 +194,22 @@ func startFleetWith(t *testing.T, ctx context.Context, brokerArgs []string, at *
 	}
 	f.key = strings.TrimSpace(cli(t, f.coord, "key", "--data", f.data))
 	return f
+}
+
+// startEmbeddedFleet is startFleet on the coordinator's embedded broker,
+// listening on a free loopback port; it returns the broker's address.
+func startEmbeddedFleet(t *testing.T, ctx context.Context, serveArgs ...string) (*testFleet, string) {
+	t.Helper()
+	addr := freeAddr(t)
+	return startFleet(t, ctx, append([]string{"--listen", addr}, serveArgs...)), addr
+}
+
+// embeddedBroker gives addAgents the flags that connect an agent to the
+// embedded broker at addr with the credentials devices add issued.
+func embeddedBroker(addr string) func(string, *admin.AddDeviceResult) []string {
+	return func(_ string, res *admin.AddDeviceResult) []string {
+		return []string{"--broker", "tcp://" + addr, "--username", res.Username, "--password", res.Password}
+	}
 }
 
 // cli runs a coordinator admin subcommand against the fleet's daemon.
@@ -297,8 +311,7 @@ func TestSIGTERMAgentGoesOffline(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	brokerAddr := freeAddr(t)
-	f := startFleet(t, ctx, []string{"--listen", brokerAddr})
+	f, brokerAddr := startEmbeddedFleet(t, ctx)
 	res, err := f.c.AddDevice(ctx, "dev-term")
 	if err != nil {
 		t.Fatal(err)

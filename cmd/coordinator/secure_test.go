@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fedge-dev/fedge/coordinator/admin"
 )
 
 // TestSecureRoundProcesses runs `round start --secure` with a coordinator
@@ -21,12 +20,9 @@ func TestSecureRoundProcesses(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	brokerAddr := freeAddr(t)
-	f := startFleet(t, ctx, []string{"--listen", brokerAddr})
+	f, brokerAddr := startEmbeddedFleet(t, ctx)
 	const n = 4
-	f.addAgents(t, ctx, n, func(id string, res *admin.AddDeviceResult) []string {
-		return []string{"--broker", "tcp://" + brokerAddr, "--username", res.Username, "--password", res.Password}
-	})
+	f.addAgents(t, ctx, n, embeddedBroker(brokerAddr))
 	st := f.train(t, 2, n, "--model", "logreg", "--rounds", "2", "--min-clients", "4",
 		"--server-eval", "--lr", "0.05", "--batch-size", "10", "--deadline", "2m", "--secure")
 	if st.Run.Secure == nil || st.Run.Secure.Threshold != 0.6 {

@@ -43,8 +43,7 @@ func TestUserModel(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	brokerAddr := freeAddr(t)
-	f := startFleet(t, ctx, []string{"--listen", brokerAddr})
+	f, brokerAddr := startEmbeddedFleet(t, ctx)
 
 	src, err := os.ReadFile("../../wasm-models/gologreg.wasm")
 	if err != nil {

@@ -395,3 +395,23 @@ func (h *harness) deviceBlobSender(tr transport.Transport, id string) *blob.Send
 	return blob.NewSender(tr, blob.Device(testFleet, id), blob.SenderConfig{ChunkSize: 4 << 10,
 		Open: wire.BlobRequestOpener(wire.Limits{}, keys, nil)}, nil)
 }
+
+// blobUpdate offers delta as the agent's update blob (served until the
+// test ends) and returns the update naming it, the sender and the blob id.
+func (a *agent) blobUpdate(task *fedgepb.RoundTask, samples uint64, delta []float32) (*fedgepb.Update, *blob.Sender, blob.ID) {
+	a.h.t.Helper()
+	enc := encodeF32(a.h.t, delta)
+	snd := a.h.deviceBlobSender(a.c, a.id)
+	ctx, cancel := context.WithCancel(context.Background())
+	a.h.t.Cleanup(cancel)
+	if _, err := snd.Start(ctx); err != nil {
+		a.h.t.Fatal(err)
+	}
+	desc, err := snd.Offer(ctx, enc)
+	if err != nil {
+		a.h.t.Fatal(err)
+	}
+	u := a.update(task, samples, make([]float32, len(delta)))
+	u.EncodedDelta, u.DeltaBlobId, u.DeltaLength = nil, desc.BlobId, uint64(len(enc))
+	return u, snd, blob.Sum(enc)
+}

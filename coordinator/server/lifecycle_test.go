@@ -171,19 +171,7 @@ func TestBlobUpdate(t *testing.T) {
 	h.startRun(startReq(1, 1))
 	dim := h.dimOf()
 	task := a.task()
-	enc := encodeF32(t, constDelta(dim, 0.25))
-	snd := h.deviceBlobSender(a.c, "dev-a")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := snd.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	desc, err := snd.Offer(ctx, enc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := a.update(task, 10, constDelta(dim, 0))
-	u.EncodedDelta, u.DeltaBlobId, u.DeltaLength = nil, desc.BlobId, uint64(len(enc))
+	u, _, _ := a.blobUpdate(task, 10, constDelta(dim, 0.25))
 	if ack := a.ack(a.sendUpdate(u)); !ack.Accepted {
 		t.Fatalf("blob update refused: %+v", ack)
 	}
@@ -346,26 +334,13 @@ func TestBlobUpdateResendNeedsNoBlob(t *testing.T) {
 	h.startRun(startReq(1, 2))
 	dim := h.dimOf()
 	task := ags[0].task()
-	enc := encodeF32(t, constDelta(dim, 0.25))
-	snd := h.deviceBlobSender(ags[0].c, "dev-a")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := snd.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	desc, err := snd.Offer(ctx, enc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := fixLen(ags[0].update(task, 10, constDelta(dim, 0)))
-	u.EncodedDelta, u.DeltaBlobId, u.DeltaLength = nil, desc.BlobId, uint64(len(enc))
+	u, snd, bid := ags[0].blobUpdate(task, 10, constDelta(dim, 0.25))
 	raw, id := ags[0].seal(fedgepb.PayloadType_PAYLOAD_TYPE_UPDATE, u)
 	ags[0].raw(topics.KindUpdate, raw)
 	if ack := ags[0].ack(id); !ack.Accepted {
 		t.Fatalf("blob update refused: %+v", ack)
 	}
-	bid, _ := blobID(desc.BlobId)
-	if err := snd.Withdraw(ctx, bid); err != nil {
+	if err := snd.Withdraw(context.Background(), bid); err != nil {
 		t.Fatal(err)
 	}
 	ags[0].raw(topics.KindUpdate, raw)
