@@ -55,7 +55,7 @@ static void gemm_pack_a(int mc, int kc, const float *A, int ars, int acs, float 
 		int mr = mc - i < GEMM_MR ? mc - i : GEMM_MR;
 		const float *a = A + i * ars;
 		if (mr == GEMM_MR) {
-#pragma clang loop unroll_count(4)
+#pragma clang loop unroll_count(8)
 			for (int p = 0; p < kc; p++) {
 				const float *src = a + p * acs;
 				wasm_v128_store(dst, wasm_v128_load32_splat(src));
@@ -85,7 +85,7 @@ static void gemm_pack_b(int kc, int nc, const float *B, int brs, int bcs, float 
 		int p = 0;
 		if (nr == GEMM_NR && bcs == 1) {
 			/* row-major B: two vectors per row */
-#pragma clang loop unroll_count(4)
+#pragma clang loop unroll_count(16)
 			for (; p < kc; p++) {
 				const float *s = b + p * brs;
 				wasm_v128_store(dst, wasm_v128_load(s));
@@ -94,6 +94,7 @@ static void gemm_pack_b(int kc, int nc, const float *B, int brs, int bcs, float 
 			}
 		} else if (nr == GEMM_NR && brs == 1) {
 			/* column-major B (a transposed operand): transpose 4x4 blocks */
+#pragma clang loop unroll_count(4)
 			for (; p + 4 <= kc; p += 4) {
 				const float *s = b + p;
 				transpose4(wasm_v128_load(s), wasm_v128_load(s + bcs), wasm_v128_load(s + 2 * bcs),
@@ -175,13 +176,14 @@ static __attribute__((noinline)) void gemm_block32(const float *a, const float *
  * mr x nr corner of the result into C. */
 static __attribute__((noinline)) void gemm_tail(int r, const float *a, const float *b, float *t, int from_tile,
                                                 float *C, int ldc, int mr, int nr, int acc, float alpha) {
-	if (!from_tile) {
-		v128_t z = wasm_f32x4_splat(0);
-		wasm_v128_store(t, z), wasm_v128_store(t + 4, z), wasm_v128_store(t + 8, z), wasm_v128_store(t + 12, z);
-		wasm_v128_store(t + 16, z), wasm_v128_store(t + 20, z), wasm_v128_store(t + 24, z);
-		wasm_v128_store(t + 28, z), wasm_v128_store(t + 32, z), wasm_v128_store(t + 36, z);
+	v128_t c00 = wasm_f32x4_splat(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+	       c31 = c00, c40 = c00, c41 = c00;
+	if (from_tile) {
+		c00 = wasm_v128_load(t), c01 = wasm_v128_load(t + 4), c10 = wasm_v128_load(t + 8);
+		c11 = wasm_v128_load(t + 12), c20 = wasm_v128_load(t + 16), c21 = wasm_v128_load(t + 20);
+		c30 = wasm_v128_load(t + 24), c31 = wasm_v128_load(t + 28), c40 = wasm_v128_load(t + 32);
+		c41 = wasm_v128_load(t + 36);
 	}
-	GEMM_LOADACC(t);
 	const float *a0 = a, *b0_ = b;
 	int top = r;
 	if (r & 16) {
@@ -297,6 +299,7 @@ static void gemm_scaled(int M, int N, int K, const float *A, int ars, int acs, c
 				gemm_pack_a(mc, kc, A + ic * ars + pc * acs, ars, acs, gemm_apack);
 				for (int jr = 0; jr < nc; jr += GEMM_NR) {
 					int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+#pragma clang loop unroll_count(2)
 					for (int ir = 0; ir < mc; ir += GEMM_MR) {
 						int mr = mc - ir < GEMM_MR ? mc - ir : GEMM_MR;
 						gemm_kernel(kc, gemm_apack + 4 * ir * kc, gemm_bpack + jr * kc, C + (ic + ir) * ldc + jc + jr,
