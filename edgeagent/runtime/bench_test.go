@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fedge-dev/fedge/edgeagent/native"
+	"github.com/fedge-dev/fedge/wasm-models"
 )
 
 // BenchmarkTrainStep measures one SGD step of the mlp and logreg models in
@@ -121,5 +122,53 @@ func BenchmarkTrainStepRatio(b *testing.B) {
 			b.ReportMetric(n/tn.Seconds(), "native-samples/s")
 			b.ReportMetric(tn.Seconds()/tw.Seconds(), "wasm/native")
 		})
+	}
+}
+
+// BenchmarkTrainStepThreads alternates one step of a one-thread and of a
+// two-thread Group (the batch split over two instances, gradients summed
+// by the host) per iteration, so both see the same machine load, and
+// reports each rate and the speedup (2-thread/1-thread samples/s).
+func BenchmarkTrainStepThreads(b *testing.B) {
+	ctx := context.Background()
+	h := newHost(b, Config{})
+	ds := synthetic(b, 640, 784, 10, 1)
+	for _, model := range []string{"mlp", "cnn"} {
+		for _, batch := range []int{32, 64} {
+			b.Run(fmt.Sprintf("model=%s/batch=%d", model, batch), func(b *testing.B) {
+				m, err := h.Compile(ctx, wasmmodels.MustGet(model).Wasm)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var groups [2]*Group
+				for i := range groups {
+					if groups[i], err = m.NewGroup(ctx, Options{MaxBatch: 64}, i+1); err != nil {
+						b.Fatal(err)
+					}
+					defer groups[i].Close(ctx)
+					if err := groups[i].Init(ctx, 1); err != nil {
+						b.Fatal(err)
+					}
+				}
+				idx := make([]int, batch)
+				for i := range idx {
+					idx[i] = i
+				}
+				var took [2]time.Duration
+				for b.Loop() {
+					for i, g := range groups {
+						t0 := time.Now()
+						if _, err := g.TrainBatch(ctx, ds, idx, 0.01, 0); err != nil {
+							b.Fatal(err)
+						}
+						took[i] += time.Since(t0)
+					}
+				}
+				n := float64(b.N * batch)
+				b.ReportMetric(n/took[0].Seconds(), "1thread-samples/s")
+				b.ReportMetric(n/took[1].Seconds(), "2thread-samples/s")
+				b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "speedup")
+			})
+		}
 	}
 }
