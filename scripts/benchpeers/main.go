@@ -152,12 +152,14 @@ func run() error {
 
 	fmt.Printf("fedge peer benchmark: %d alternations of %.1f s per engine and config; %s; %d CPUs, GOMAXPROCS %d\n",
 		*rounds, *seconds, peer.version, goruntime.NumCPU(), goruntime.GOMAXPROCS(0))
-	peakHost, peakFree, err := simdPeak(ctx, *rounds, *seconds)
-	if err != nil {
+	// The peak is sampled once per config and round, between the engines,
+	// so that it sees the same load as they do.
+	var peaksHost, peaksFree []float64
+	samplePeak := func() error {
+		h, f, err := simdPeak(ctx, 1, *seconds/2)
+		peaksHost, peaksFree = append(peaksHost, h), append(peaksFree, f)
 		return err
 	}
-	fmt.Printf("WASM SIMD128 peak, independent f32x4 multiply-adds in loop-free blocks: %.1f GFLOP/s with the host's "+
-		"deadline checks (median of %d), %.1f GFLOP/s without\n\n", peakHost, *rounds, peakFree)
 
 	// rates[config][engine] over rounds
 	type key struct {
@@ -171,6 +173,9 @@ func run() error {
 			engines = append(engines, "native")
 		}
 		for r := 0; r < *rounds; r++ {
+			if err := samplePeak(); err != nil {
+				return err
+			}
 			for _, e := range engines {
 				var rate float64
 				switch e {
@@ -200,6 +205,10 @@ func run() error {
 		return median(q)
 	}
 
+	peakHost, peakFree := median(peaksHost), median(peaksFree)
+	fmt.Printf("\nWASM SIMD128 peak, independent f32x4 multiply-adds in loop-free blocks: %.1f GFLOP/s with the host's "+
+		"deadline checks, %.1f GFLOP/s without (medians of %d samples taken between the engines)\n\n", peakHost,
+		peakFree, len(peaksHost))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Println("One thread (samples/s, medians; ratios are medians of the per-round ratios):")
 	fmt.Fprintln(tw, "model\tB\tPyTorch\tWASM\tnative\tWASM/PyTorch\tnative/PyTorch\tWASM GFLOP/s\tof SIMD peak\t")
