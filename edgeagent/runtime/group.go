@@ -51,16 +51,15 @@ func (m *Module) NewGroup(ctx context.Context, opts Options, threads int) (*Grou
 			return nil, fmt.Errorf("new group: instance %d: %w", i, err)
 		}
 		if !in.grad {
-			// a version 1 module that happens to carry the exports
-			_ = in.Close(ctx)
-			if i == 0 {
-				threads = 1
-				if in, err = m.Instantiate(ctx, opts); err != nil {
-					return nil, fmt.Errorf("new group: %w", err)
-				}
-			} else {
+			// version 1 (the exports alone do not make version 2): the
+			// first instance trains alone
+			if i > 0 {
+				_ = in.Close(ctx)
+				_ = g.Close(ctx)
 				return nil, fmt.Errorf("new group: %w: instances disagree on the ABI version", ErrModel)
 			}
+			g.ins = append(g.ins, in)
+			break
 		}
 		g.ins = append(g.ins, in)
 	}
