@@ -173,11 +173,13 @@ static void init_dense(float *w, float *b, int fan_in, int fan_out, int relu) {
 }
 
 /* ---- shared layer helpers ----
- * Loops move 32 floats per iteration: each loop iteration costs a deadline
+ * Loops move 64 floats per iteration: each loop iteration costs a deadline
  * check under the host (see gemm.h). */
-#define V32(i, body)                                                                                            \
-	for (; i + 32 <= n; i += 32) {                                                                          \
+#define V64(i, body)                                                                                            \
+	for (; i + 64 <= n; i += 64) {                                                                          \
 		body(i) body(i + 4) body(i + 8) body(i + 12) body(i + 16) body(i + 20) body(i + 24) body(i + 28) \
+		body(i + 32) body(i + 36) body(i + 40) body(i + 44) body(i + 48) body(i + 52) body(i + 56)       \
+		body(i + 60)                                                                                    \
 	}                                                                                                       \
 	for (; i + 4 <= n; i += 4) {                                                                            \
 		body(i)                                                                                         \
@@ -187,7 +189,7 @@ static void init_dense(float *w, float *b, int fan_in, int fan_out, int relu) {
 static void vadd(float *y, const float *b, int n) {
 	int i = 0;
 #define B(k) wasm_v128_store(y + (k), wasm_f32x4_add(wasm_v128_load(y + (k)), wasm_v128_load(b + (k))));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) y[i] += b[i];
 }
@@ -200,7 +202,7 @@ static __attribute__((unused)) void relu(float *y, int n) {
 	int i = 0;
 	v128_t z = wasm_f32x4_splat(0);
 #define B(k) wasm_v128_store(y + (k), wasm_f32x4_pmax(wasm_v128_load(y + (k)), z));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
 }
@@ -210,7 +212,7 @@ static __attribute__((unused)) void relu_backward(float *dy, const float *y, int
 	int i = 0;
 	v128_t z = wasm_f32x4_splat(0);
 #define B(k) wasm_v128_store(dy + (k), wasm_v128_and(wasm_v128_load(dy + (k)), wasm_f32x4_gt(wasm_v128_load(y + (k)), z)));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++)
 		if (!(y[i] > 0.0f)) dy[i] = 0.0f;
@@ -230,7 +232,7 @@ static __attribute__((unused)) void prox_shrink(float *w, const float *w0, int n
 #define B(k)                                                                                                    \
 	wasm_v128_store(w + (k), wasm_f32x4_add(wasm_f32x4_mul(keep, wasm_v128_load(w + (k))),                  \
 	                                        wasm_f32x4_mul(pull, wasm_v128_load(w0 + (k)))));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) w[i] = (1.0f - lr * mu) * w[i] + lr * mu * w0[i];
 }
@@ -247,13 +249,13 @@ static void sgd(float *w, const float *g, const float *w0, int n, float lr, floa
 		                          wasm_f32x4_mul(vmu, wasm_f32x4_sub(x, wasm_v128_load(w0 + (k)))));   \
 		wasm_v128_store(w + (k), wasm_f32x4_sub(x, wasm_f32x4_mul(vlr, d)));                            \
 	}
-		V32(i, B)
+		V64(i, B)
 #undef B
 		for (; i < n; i++) w[i] -= lr * (g[i] + mu * (w[i] - w0[i]));
 		return;
 	}
 #define B(k) wasm_v128_store(w + (k), wasm_f32x4_sub(wasm_v128_load(w + (k)), wasm_f32x4_mul(vlr, wasm_v128_load(g + (k)))));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) w[i] -= lr * g[i];
 }
