@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	goruntime "runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,21 +155,38 @@ func BenchmarkTrainStepThreads(b *testing.B) {
 				for i := range idx {
 					idx[i] = i
 				}
-				var took [2]time.Duration
+				var took, cpu [2]time.Duration
 				for b.Loop() {
 					for i, g := range groups {
-						t0 := time.Now()
+						c0, t0 := processCPU(b), time.Now()
 						if _, err := g.TrainBatch(ctx, ds, idx, 0.01, 0); err != nil {
 							b.Fatal(err)
 						}
 						took[i] += time.Since(t0)
+						cpu[i] += processCPU(b) - c0
 					}
 				}
 				n := float64(b.N * batch)
 				b.ReportMetric(n/took[0].Seconds(), "1thread-samples/s")
 				b.ReportMetric(n/took[1].Seconds(), "2thread-samples/s")
 				b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "speedup")
+				// On a machine whose second core is busy the speedup is
+				// bounded by the CPU the scheduler gives; these two say
+				// how much it gave (CPU seconds per wall second of the
+				// two-thread steps) and how much work a CPU second did
+				// (two-thread samples per CPU second over one-thread).
+				b.ReportMetric(cpu[1].Seconds()/took[1].Seconds(), "2thread-cpu/wall")
+				b.ReportMetric(cpu[0].Seconds()/cpu[1].Seconds(), "2thread-efficiency")
 			})
 		}
 	}
+}
+
+// processCPU is the user and system CPU time of the whole process.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
