@@ -8,6 +8,7 @@ export FEDGE_REQUIRE_EXTERNAL ?= 1
 
 .PHONY: layers-check test-short
 .PHONY: all build test check deps proto proto-check wasm wasm-check fmt-check vet tidy-check fuzz race agents bench clean
+.PHONY: bench-peers
 
 all: build
 
@@ -76,6 +77,14 @@ agents:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchtime=1x ./... 2>&1 | tee bench.out
+
+## bench-peers: PyTorch (Debian's python3-torch, installed here only, not by
+## `make test`), fedge's WASM and native engines on the same models, batch
+## sizes and thread counts, alternated; prints samples/s, the ratios, and
+## GFLOP/s against the WASM SIMD peak measured in the same run.
+bench-peers:
+	bash scripts/deps.sh --peers
+	$(GO) run ./scripts/benchpeers $(BENCH_PEERS_FLAGS)
 
 clean:
 	rm -rf bin bench.out

@@ -13,6 +13,18 @@ import (
 //go:embed *.wasm
 var files embed.FS
 
+// SIMDPeak is a module (not a model) whose export simd_peak(blocks i32,
+// m f32, c f32) -> f32 runs blocks times 6,144 independent f32x4
+// multiply-adds: the SIMD128 ceiling the peer benchmark relates each
+// model's GFLOP/s to. Built by build.sh from c/simdpeak.c.
+//
+//go:embed bench/simdpeak.wasm
+var SIMDPeak []byte
+
+// SIMDPeakFlopsPerBlock is the floating-point operations of one block of
+// SIMDPeak.
+const SIMDPeakFlopsPerBlock = 64 * 12 * 4 * 2
+
 // Model is one embedded module.
 type Model struct {
 	// Name is the file name without ".wasm": logreg, mlp, cnn or gologreg.

@@ -54,4 +54,11 @@ func TestBuildReproducible(t *testing.T) {
 			t.Errorf("%s.wasm differs from a fresh build: run wasm-models/build.sh (make wasm)", name)
 		}
 	}
+	got, err := os.ReadFile(filepath.Join(out, "simdpeak.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, SIMDPeak) {
+		t.Error("bench/simdpeak.wasm differs from a fresh build: run wasm-models/build.sh (make wasm)")
+	}
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	goruntime "runtime"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fedge-dev/fedge/edgeagent/native"
+	"github.com/fedge-dev/fedge/wasm-models"
 )
 
 // BenchmarkTrainStep measures one SGD step of the mlp and logreg models in
@@ -122,4 +124,69 @@ func BenchmarkTrainStepRatio(b *testing.B) {
 			b.ReportMetric(tn.Seconds()/tw.Seconds(), "wasm/native")
 		})
 	}
+}
+
+// BenchmarkTrainStepThreads alternates one step of a one-thread and of a
+// two-thread Group (the batch split over two instances, gradients summed
+// by the host) per iteration, so both see the same machine load, and
+// reports each rate and the speedup (2-thread/1-thread samples/s).
+func BenchmarkTrainStepThreads(b *testing.B) {
+	ctx := context.Background()
+	h := newHost(b, Config{})
+	ds := synthetic(b, 640, 784, 10, 1)
+	for _, model := range []string{"mlp", "cnn"} {
+		for _, batch := range []int{32, 64} {
+			b.Run(fmt.Sprintf("model=%s/batch=%d", model, batch), func(b *testing.B) {
+				m, err := h.Compile(ctx, wasmmodels.MustGet(model).Wasm)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var groups [2]*Group
+				for i := range groups {
+					if groups[i], err = m.NewGroup(ctx, Options{MaxBatch: 64}, i+1); err != nil {
+						b.Fatal(err)
+					}
+					defer groups[i].Close(ctx)
+					if err := groups[i].Init(ctx, 1); err != nil {
+						b.Fatal(err)
+					}
+				}
+				idx := make([]int, batch)
+				for i := range idx {
+					idx[i] = i
+				}
+				var took, cpu [2]time.Duration
+				for b.Loop() {
+					for i, g := range groups {
+						c0, t0 := processCPU(b), time.Now()
+						if _, err := g.TrainBatch(ctx, ds, idx, 0.01, 0); err != nil {
+							b.Fatal(err)
+						}
+						took[i] += time.Since(t0)
+						cpu[i] += processCPU(b) - c0
+					}
+				}
+				n := float64(b.N * batch)
+				b.ReportMetric(n/took[0].Seconds(), "1thread-samples/s")
+				b.ReportMetric(n/took[1].Seconds(), "2thread-samples/s")
+				b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "speedup")
+				// On a machine whose second core is busy the speedup is
+				// bounded by the CPU the scheduler gives; these two say
+				// how much it gave (CPU seconds per wall second of the
+				// two-thread steps) and how much work a CPU second did
+				// (two-thread samples per CPU second over one-thread).
+				b.ReportMetric(cpu[1].Seconds()/took[1].Seconds(), "2thread-cpu/wall")
+				b.ReportMetric(cpu[0].Seconds()/cpu[1].Seconds(), "2thread-efficiency")
+			})
+		}
+	}
+}
+
+// processCPU is the user and system CPU time of the whole process.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

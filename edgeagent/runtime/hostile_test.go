@@ -42,7 +42,8 @@ func TestHostileModules(t *testing.T) {
 		text   string
 	}{
 		{"missing_export", "compile", ErrMissingExport, `"fedge_train"`},
-		{"wrong_abi", "instantiate", ErrABIVersion, "implements 2"},
+		{"wrong_abi", "instantiate", ErrABIVersion, "implements 99"},
+		{"v2_without_grad", "instantiate", ErrMissingExport, "lacks fedge_grad"},
 		{"ungranted_import", "compile", ErrImportNotGranted, "env.open"},
 		{"wasi_import", "compile", ErrImportNotGranted, "wasi_snapshot_preview1.fd_write"},
 		{"infinite_loop", "train", ErrDeadline, "fedge_train"},

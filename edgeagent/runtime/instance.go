@@ -22,6 +22,7 @@ type Instance struct {
 	stack    [3]uint64
 	bufs     bufs // views of the batch buffers, refreshed when memory grows
 	closed   bool
+	grad     bool // ABI version 2: fedge_grad and fedge_apply (see Group)
 }
 
 // Metadata returns the model's self-description.
@@ -151,8 +152,16 @@ func (in *Instance) start(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if int32(v) != ABIVersion {
-		return fmt.Errorf("%w: module implements %d, host %d", ErrABIVersion, int32(v), ABIVersion)
+	switch int32(v) {
+	case 1:
+	case 2:
+		if !in.module.grad {
+			return fmt.Errorf("%w: module implements version 2 but lacks fedge_grad, fedge_grads, fedge_apply",
+				ErrMissingExport)
+		}
+		in.grad = true
+	default:
+		return fmt.Errorf("%w: module implements %d, host 1 to %d", ErrABIVersion, int32(v), ABIVersion)
 	}
 	if err := in.status(ctx, "fedge_setup", uint64(opts.MaxBatch), uint64(opts.InputLen), uint64(opts.Classes)); err != nil {
 		return err

@@ -20,6 +20,7 @@ type Module struct {
 	Hash     [32]byte
 	host     *Host
 	compiled wazero.CompiledModule
+	grad     bool // has the ABI version 2 gradient exports
 
 	metaMu sync.Mutex
 	meta   map[Options]*metaProbe // see Metadata
@@ -63,6 +64,14 @@ var abiExports = map[string][2][]api.ValueType{
 	"fedge_predict":     {{i32}, {i32}},
 }
 
+// gradExports are the exports ABI version 2 adds; a version 2 module has
+// all of them, a version 1 module may have none.
+var gradExports = map[string][2][]api.ValueType{
+	"fedge_grad":  {{i32, f32}, {i32}},
+	"fedge_grads": {nil, {i32}},
+	"fedge_apply": {{f32, f32}, {i32}},
+}
+
 const wasiModule = "wasi_snapshot_preview1"
 
 func (m *Module) validate() error {
@@ -85,14 +94,35 @@ func (m *Module) validate() error {
 		return fmt.Errorf("%w: function \"_initialize\" must take and return nothing", ErrMissingExport)
 	}
 	for name, sig := range abiExports {
-		def, ok := exports[name]
-		if !ok {
-			return fmt.Errorf("%w: function %q", ErrMissingExport, name)
+		if err := checkExport(exports, name, sig); err != nil {
+			return err
 		}
-		if !sameTypes(def.ParamTypes(), sig[0]) || !sameTypes(def.ResultTypes(), sig[1]) {
-			return fmt.Errorf("%w: function %q has signature %v -> %v, want %v -> %v", ErrMissingExport, name,
-				typeNames(def.ParamTypes()), typeNames(def.ResultTypes()), typeNames(sig[0]), typeNames(sig[1]))
+	}
+	have := 0
+	for name := range gradExports {
+		if _, ok := exports[name]; ok {
+			have++
 		}
+	}
+	if have > 0 {
+		for name, sig := range gradExports {
+			if err := checkExport(exports, name, sig); err != nil {
+				return fmt.Errorf("%w (ABI version 2 exports come together)", err)
+			}
+		}
+		m.grad = true
+	}
+	return nil
+}
+
+func checkExport(exports map[string]api.FunctionDefinition, name string, sig [2][]api.ValueType) error {
+	def, ok := exports[name]
+	if !ok {
+		return fmt.Errorf("%w: function %q", ErrMissingExport, name)
+	}
+	if !sameTypes(def.ParamTypes(), sig[0]) || !sameTypes(def.ResultTypes(), sig[1]) {
+		return fmt.Errorf("%w: function %q has signature %v -> %v, want %v -> %v", ErrMissingExport, name,
+			typeNames(def.ParamTypes()), typeNames(def.ResultTypes()), typeNames(sig[0]), typeNames(sig[1]))
 	}
 	return nil
 }
@@ -230,6 +260,11 @@ func (m *Module) Instantiate(ctx context.Context, opts Options) (*Instance, erro
 	in.fn = make(map[string]api.Function, len(abiExports))
 	for name := range abiExports {
 		in.fn[name] = mod.ExportedFunction(name)
+	}
+	if m.grad {
+		for name := range gradExports {
+			in.fn[name] = mod.ExportedFunction(name)
+		}
 	}
 	if init := mod.ExportedFunction("_initialize"); init != nil {
 		// Reactor modules (Go's c-shared wasip1 build) initialise their

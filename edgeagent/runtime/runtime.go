@@ -26,8 +26,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// ABIVersion is the version of the fedge model ABI this host implements.
-const ABIVersion = 1
+// ABIVersion is the newest version of the fedge model ABI this host
+// implements. Version 2 adds the gradient exports (fedge_grad, fedge_grads,
+// fedge_apply) that let a Group train one batch across several instances;
+// version 1 modules keep working, single-threaded.
+const ABIVersion = 2
 
 // Errors callers can test with errors.Is. Every error returned by this
 // package wraps one of them or an error from the model's data source.

@@ -63,6 +63,18 @@ func (in *Instance) checkSource(src data.Source) error {
 // given seed, initial parameters and data. The parameters are checked for
 // NaN and Inf at the end; a non-finite loss stops training at once.
 func (in *Instance) TrainEpochs(ctx context.Context, src data.Source, cfg TrainConfig) (TrainStats, error) {
+	step := func(ctx context.Context, src data.Source, idx []int, lr, mu float32) (StepResult, error) {
+		return in.step(ctx, &in.bufs, src, idx, lr, mu)
+	}
+	return trainEpochs(ctx, in, src, cfg, in.SetGlobal, step)
+}
+
+// trainEpochs is the epoch loop of Instance.TrainEpochs and
+// Group.TrainEpochs: in checks shapes and parameters, setGlobal stores the
+// FedProx weights, step trains one batch.
+func trainEpochs(ctx context.Context, in *Instance, src data.Source, cfg TrainConfig,
+	setGlobal func(context.Context, []float32) error,
+	step func(context.Context, data.Source, []int, float32, float32) (StepResult, error)) (TrainStats, error) {
 	var st TrainStats
 	if err := in.checkSource(src); err != nil {
 		return st, err
@@ -74,7 +86,7 @@ func (in *Instance) TrainEpochs(ctx context.Context, src data.Source, cfg TrainC
 		return st, fmt.Errorf("train: %w: lr %v, mu %v", ErrShape, cfg.LR, cfg.Mu)
 	}
 	if cfg.Mu > 0 {
-		if err := in.setVector(ctx, "fedge_global", cfg.Global); err != nil {
+		if err := setGlobal(ctx, cfg.Global); err != nil {
 			return st, fmt.Errorf("train: fedprox global weights: %w", err)
 		}
 	}
@@ -83,7 +95,6 @@ func (in *Instance) TrainEpochs(ctx context.Context, src data.Source, cfg TrainC
 		return st, fmt.Errorf("train: %w: empty dataset", ErrShape)
 	}
 	order := make([]int, n)
-	b := &in.bufs
 	for e := 0; e < cfg.Epochs; e++ {
 		shuffle(order, cfg.Seed, uint64(e))
 		var loss float64
@@ -93,7 +104,7 @@ func (in *Instance) TrainEpochs(ctx context.Context, src data.Source, cfg TrainC
 				return st, fmt.Errorf("train: %w", err)
 			}
 			hi := min(lo+cfg.BatchSize, n)
-			r, err := in.step(ctx, b, src, order[lo:hi], cfg.LR, cfg.Mu)
+			r, err := step(ctx, src, order[lo:hi], cfg.LR, cfg.Mu)
 			if err != nil {
 				return st, fmt.Errorf("train epoch %d step %d: %w", e, st.Steps, err)
 			}

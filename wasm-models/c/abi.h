@@ -1,4 +1,4 @@
-/* abi.h: the fedge model ABI version 1 (see ../ABI.md) for C models.
+/* abi.h: the fedge model ABI version 2 (see ../ABI.md) for C models.
  *
  * A model file includes this header and defines the hooks declared below;
  * this header implements every export, the bump allocator, the metadata
@@ -37,13 +37,13 @@ static void model_tensors(void);
 static void model_init(void);
 /* model_forward reads n inputs and writes n x classes logits to g_logits. */
 static void model_forward(int n);
-#ifdef MODEL_FUSED_UPDATE
-/* model_update reads g_dlogits and applies the SGD/FedProx step of
- * fedge_train to g_params itself (saving a pass over a gradient buffer). */
-static void model_update(int n, float lr, float mu);
-#else
 /* model_backward reads g_dlogits and writes the gradient to g_grads. */
 static void model_backward(int n);
+#ifdef MODEL_FUSED_UPDATE
+/* model_update reads g_dlogits and applies the SGD/FedProx step of
+ * fedge_train to g_params itself (saving a pass over a gradient buffer);
+ * model_backward still serves fedge_grad. */
+static void model_update(int n, float lr, float mu);
 #endif
 
 /* ---- state ---- */
@@ -173,11 +173,13 @@ static void init_dense(float *w, float *b, int fan_in, int fan_out, int relu) {
 }
 
 /* ---- shared layer helpers ----
- * Loops move 32 floats per iteration: each loop iteration costs a deadline
+ * Loops move 64 floats per iteration: each loop iteration costs a deadline
  * check under the host (see gemm.h). */
-#define V32(i, body)                                                                                            \
-	for (; i + 32 <= n; i += 32) {                                                                          \
+#define V64(i, body)                                                                                            \
+	for (; i + 64 <= n; i += 64) {                                                                          \
 		body(i) body(i + 4) body(i + 8) body(i + 12) body(i + 16) body(i + 20) body(i + 24) body(i + 28) \
+		body(i + 32) body(i + 36) body(i + 40) body(i + 44) body(i + 48) body(i + 52) body(i + 56)       \
+		body(i + 60)                                                                                    \
 	}                                                                                                       \
 	for (; i + 4 <= n; i += 4) {                                                                            \
 		body(i)                                                                                         \
@@ -187,7 +189,7 @@ static void init_dense(float *w, float *b, int fan_in, int fan_out, int relu) {
 static void vadd(float *y, const float *b, int n) {
 	int i = 0;
 #define B(k) wasm_v128_store(y + (k), wasm_f32x4_add(wasm_v128_load(y + (k)), wasm_v128_load(b + (k))));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) y[i] += b[i];
 }
@@ -200,7 +202,7 @@ static __attribute__((unused)) void relu(float *y, int n) {
 	int i = 0;
 	v128_t z = wasm_f32x4_splat(0);
 #define B(k) wasm_v128_store(y + (k), wasm_f32x4_pmax(wasm_v128_load(y + (k)), z));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
 }
@@ -210,7 +212,7 @@ static __attribute__((unused)) void relu_backward(float *dy, const float *y, int
 	int i = 0;
 	v128_t z = wasm_f32x4_splat(0);
 #define B(k) wasm_v128_store(dy + (k), wasm_v128_and(wasm_v128_load(dy + (k)), wasm_f32x4_gt(wasm_v128_load(y + (k)), z)));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++)
 		if (!(y[i] > 0.0f)) dy[i] = 0.0f;
@@ -230,7 +232,7 @@ static __attribute__((unused)) void prox_shrink(float *w, const float *w0, int n
 #define B(k)                                                                                                    \
 	wasm_v128_store(w + (k), wasm_f32x4_add(wasm_f32x4_mul(keep, wasm_v128_load(w + (k))),                  \
 	                                        wasm_f32x4_mul(pull, wasm_v128_load(w0 + (k)))));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) w[i] = (1.0f - lr * mu) * w[i] + lr * mu * w0[i];
 }
@@ -247,19 +249,19 @@ static void sgd(float *w, const float *g, const float *w0, int n, float lr, floa
 		                          wasm_f32x4_mul(vmu, wasm_f32x4_sub(x, wasm_v128_load(w0 + (k)))));   \
 		wasm_v128_store(w + (k), wasm_f32x4_sub(x, wasm_f32x4_mul(vlr, d)));                            \
 	}
-		V32(i, B)
+		V64(i, B)
 #undef B
 		for (; i < n; i++) w[i] -= lr * (g[i] + mu * (w[i] - w0[i]));
 		return;
 	}
 #define B(k) wasm_v128_store(w + (k), wasm_f32x4_sub(wasm_v128_load(w + (k)), wasm_f32x4_mul(vlr, wasm_v128_load(g + (k)))));
-	V32(i, B)
+	V64(i, B)
 #undef B
 	for (; i < n; i++) w[i] -= lr * g[i];
 }
 
 /* ---- exports ---- */
-EXPORT("fedge_abi_version") int fedge_abi_version(void) { return 1; }
+EXPORT("fedge_abi_version") int fedge_abi_version(void) { return 2; }
 
 EXPORT("fedge_setup") int fedge_setup(int max_batch, int input_len, int classes) {
 	g_ready = 0;
@@ -312,6 +314,7 @@ EXPORT("fedge_inputs") int fedge_inputs(void) { return (int)g_inputs; }
 EXPORT("fedge_labels") int fedge_labels(void) { return (int)g_labels; }
 EXPORT("fedge_scores") int fedge_scores(void) { return (int)g_scores; }
 EXPORT("fedge_result") int fedge_result(void) { return (int)g_result; }
+EXPORT("fedge_grads") int fedge_grads(void) { return (int)g_grads; }
 
 EXPORT("fedge_init") int fedge_init(long long seed) {
 	if (!g_ready) return FEDGE_ESTATE;
@@ -371,12 +374,35 @@ EXPORT("fedge_train") int fedge_train(int n, float lr, float mu) {
 	softmax_xent(n, 1, 1.0f / (float)n);
 	if (!finitef(g_result[0])) return FEDGE_ENONFINITE;
 #ifdef MODEL_FUSED_UPDATE
-	(void)sgd;
 	model_update(n, lr, mu);
 #else
 	model_backward(n);
 	sgd(g_params, g_grads, g_global, g_nparams, lr, mu);
 #endif
+	return FEDGE_OK;
+}
+
+/* fedge_grad writes scale times the gradient of the summed loss of the
+ * first n samples to fedge_grads, without changing the parameters. The host
+ * splits a batch of N over several instances, passes scale = 1/N to each and
+ * sums their gradients: the batch-mean gradient of fedge_train. */
+EXPORT("fedge_grad") int fedge_grad(int n, float scale) {
+	int rc = check_batch(n);
+	if (rc) return rc;
+	if (!finitef(scale)) return FEDGE_EINVAL;
+	model_forward(n);
+	softmax_xent(n, 1, scale);
+	if (!finitef(g_result[0])) return FEDGE_ENONFINITE;
+	model_backward(n);
+	return FEDGE_OK;
+}
+
+/* fedge_apply takes the SGD/FedProx step of fedge_train with the gradient
+ * the host left in fedge_grads. */
+EXPORT("fedge_apply") int fedge_apply(float lr, float mu) {
+	if (!g_ready) return FEDGE_ESTATE;
+	if (!finitef(lr) || !finitef(mu) || mu < 0.0f) return FEDGE_EINVAL;
+	sgd(g_params, g_grads, g_global, g_nparams, lr, mu);
 	return FEDGE_OK;
 }
 

@@ -53,6 +53,21 @@ static void model_forward(int n) {
 	add_bias(g_logits, p + B3, n, OUT);
 }
 
+static void model_backward(int n) {
+	const float *p = g_params;
+	float *g = g_grads;
+	gemm(H, OUT, n, h2, 1, H, g_dlogits, OUT, 1, g + W3, OUT, 0);
+	bias_grad(g + B3, g_dlogits, n, OUT);
+	gemm(n, H, OUT, g_dlogits, OUT, 1, p + W3, 1, OUT, d2, H, 0);
+	relu_backward(d2, h2, n * H);
+	gemm(H, H, n, h1, 1, H, d2, H, 1, g + W2, H, 0);
+	bias_grad(g + B2, d2, n, H);
+	gemm(n, H, H, d2, H, 1, p + W2, 1, H, d1, H, 0);
+	relu_backward(d1, h1, n * H);
+	gemm(IN, H, n, g_inputs, 1, IN, d1, H, 1, g + W1, H, 0);
+	bias_grad(g + B1, d1, n, H);
+}
+
 /* update_layer applies one layer's step: the FedProx shrink (mu > 0), then
  * W += -lr * A^T D (A: the layer's n x in input, D: its n x out output
  * gradient) and b -= lr * sum(D). Called after D was propagated through

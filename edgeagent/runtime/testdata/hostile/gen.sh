@@ -47,7 +47,8 @@ EOF
 
 module benign
 module missing_export 'TRAIN_EXPORT=""'
-module wrong_abi 'ABI=2'
+module wrong_abi 'ABI=99'
+module v2_without_grad 'ABI=2'
 module ungranted_import 'IMPORTS="(import \"env\" \"open\" (func (param i32) (result i32)))"'
 module wasi_import 'IMPORTS="(import \"wasi_snapshot_preview1\" \"fd_write\" (func (param i32 i32 i32 i32) (result i32)))"'
 module infinite_loop 'TRAIN="(loop \$l (br \$l))"'

@@ -5,7 +5,7 @@
   ;; metadata at 1024; params at 2048, global 2064, inputs 2080,
   ;; labels 2096, scores 2112, result 2128.
   (data (i32.const 1024) "fedge-model 1\nname hostile\ninput 1 1 1\nclasses 2\nparams 4\nmax_batch 1\ntensor w 0 4\n")
-  (func (export "fedge_abi_version") (result i32) (i32.const 2))
+  (func (export "fedge_abi_version") (result i32) (i32.const 99))
   (func (export "fedge_setup") (param i32 i32 i32) (result i32)  (i32.const 0))
   (func (export "fedge_meta_ptr") (result i32) (i32.const 1024))
   (func (export "fedge_meta_len") (result i32) (i32.const 83))
