@@ -206,8 +206,18 @@ func (a *Agent) activeRef() (ModelRef, bool) {
 func (a *Agent) capabilities() *fedgepb.Capabilities {
 	return &fedgepb.Capabilities{
 		Arch: goruntime.GOARCH, MemoryBytes: a.o.MemoryBytes, SampleCount: uint64(a.o.Data.Len()),
-		Tags: a.o.Tags, AbiVersions: []uint32{runtime.ABIVersion}, Features: []string{fedgepb.FeatureSecAgg},
+		Tags: a.o.Tags, AbiVersions: abiVersions(), Features: []string{fedgepb.FeatureSecAgg},
 	}
+}
+
+// abiVersions lists every model ABI version the host runs (1 to
+// runtime.ABIVersion).
+func abiVersions() []uint32 {
+	vs := make([]uint32, 0, runtime.ABIVersion)
+	for v := uint32(1); v <= runtime.ABIVersion; v++ {
+		vs = append(vs, v)
+	}
+	return vs
 }
 
 // stats are the agent's own counters.
