@@ -55,10 +55,13 @@ import (
 	"github.com/fedge-dev/fedge/coordinator/registry"
 	"github.com/fedge-dev/fedge/coordinator/server"
 	"github.com/fedge-dev/fedge/coordinator/store"
+	"github.com/fedge-dev/fedge/edgeagent/agent"
 	"github.com/fedge-dev/fedge/edgeagent/runtime"
+	"github.com/fedge-dev/fedge/internal/broker"
 	"github.com/fedge-dev/fedge/internal/clock"
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
+	"github.com/fedge-dev/fedge/internal/transport/mqtt"
 	"github.com/fedge-dev/fedge/internal/wire"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 	"github.com/fedge-dev/fedge/simulations/behavior"
@@ -110,6 +113,16 @@ type Result struct {
 	Stalls int
 	// DP is the run's differential privacy at its end (nil without DP).
 	DP *admin.DPDoc
+	// Storm reports the scenario's reconnect storm (nil without one).
+	Storm *StormReport
+	// Health is the coordinator's health at the end, once its inbox had
+	// drained (or DrainWait reached Options.Stall); DrainWait is how long
+	// that took after the last round.
+	Health    server.Health
+	DrainWait time.Duration
+	// Broker is the embedded broker's counters at the end (nil over the
+	// in-memory transport).
+	Broker *broker.Stats
 }
 
 // Fleet is one simulation in progress.
@@ -143,6 +156,8 @@ type Fleet struct {
 	baseline *report.Summary
 	plain    *report.Summary // the plain run beside a secure one
 	secure   *secureSim      // nil unless the scenario is secure
+	runCtx   context.Context // the run's context, for the storm
+	storm    stormState      // guarded by track.mu
 	// For warming the agents' shared model cache.
 	st     store.Store
 	models *registry.Models
@@ -157,6 +172,8 @@ type device struct {
 	updateTopic string
 	statusTopic string
 	raw         transport.Transport // the device's own connection
+	client      *mqtt.Client        // raw over the broker, nil over memory
+	agent       *agent.Agent
 	// Guarded by track.mu.
 	connected bool
 	installed uint64
@@ -241,12 +258,14 @@ func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, err
 		f.start = time.Now()
 	}
 	f.srvClk = &countingClock{Clock: f.clk}
+	f.storm = stormState{round: sc.ReconnectStorm.Round, done: make(chan struct{})}
 	return f.run(ctx)
 }
 
 func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	f.runCtx = ctx
 	wallStart := time.Now()
 	sc := f.sc
 
@@ -335,6 +354,7 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	if err := f.startAgents(ctx, &wg, net, host, train, parts, coordKey); err != nil {
 		return nil, err
 	}
+	f.reconnectWatch(ctx, &wg)
 	if err := f.waitOnline(ctx, srvErr); err != nil {
 		return nil, err
 	}
@@ -358,6 +378,8 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	storm := f.stormReport(ctx)
+	health, drainWait := f.drained(ctx)
 	base := f.baseline
 	if f.plain != nil {
 		p := *f.plain
@@ -376,7 +398,11 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	res := &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls}
+	res := &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls, Storm: storm, Health: health, DrainWait: drainWait}
+	if bn, ok := net.(*brokerNet); ok {
+		st := bn.b.Stats()
+		res.Broker = &st
+	}
 	if req.DPNoiseMultiplier > 0 {
 		st, err := srv.Status(ctx)
 		if err != nil {
@@ -391,6 +417,23 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// drained waits until the coordinator's inbox is empty (at most
+// Options.Stall) and returns its health then and the time waited.
+func (f *Fleet) drained(ctx context.Context) (server.Health, time.Duration) {
+	start := time.Now()
+	for {
+		h := f.srv.Health()
+		empty := h.Inbox.OldestMs == 0
+		for _, n := range h.Inbox.Queued {
+			empty = empty && n == 0
+		}
+		if empty || time.Since(start) > f.opts.Stall || ctx.Err() != nil {
+			return h, time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // DPSummary is summary.json of a differentially private scenario: the

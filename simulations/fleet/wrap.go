@@ -77,7 +77,9 @@ func (f *Fleet) taskPublished(dev int, payload []byte) bool {
 	if drop, _ := f.profile.DropsOut(dev, round); drop {
 		reachable = false
 	}
+	storm := false
 	f.track.update(func() {
+		storm = f.stormTask(t.RoundId)
 		if !reachable {
 			f.track.dropped[t.RoundId]++
 			return
@@ -86,6 +88,9 @@ func (f *Fleet) taskPublished(dev int, payload []byte) bool {
 		f.track.taskAt[devRound{dev, t.RoundId}] = now.UnixNano()
 		f.taskInfo[devRound{dev, t.RoundId}] = taskInfo{epochs: int(t.GetTrain().GetEpochs()), maxSamples: int(t.GetTrain().GetMaxSamples()), bytes: len(payload)}
 	})
+	if storm {
+		go f.runStorm(f.runCtx)
+	}
 	return reachable
 }
 
