@@ -158,6 +158,7 @@ type Fleet struct {
 	secure   *secureSim      // nil unless the scenario is secure
 	runCtx   context.Context // the run's context, for the storm
 	storm    stormState      // guarded by track.mu
+	pubs     pubTimes        // the coordinator's publishes
 	// For warming the agents' shared model cache.
 	st     store.Store
 	models *registry.Models

@@ -40,6 +40,12 @@ type StormReport struct {
 	// sampled with the online count.
 	PeakQueued   int
 	PeakOldestMs int64
+	// Publishes is the number of messages the coordinator published from
+	// the first cut until the fleet was back online, PublishWait the wall
+	// time it spent waiting in them (its loop publishes synchronously, at
+	// QoS 1 over MQTT), PublishMax the longest one.
+	Publishes               int
+	PublishWait, PublishMax time.Duration
 	// AllReconnected is the wall time from the first cut until the MQTT
 	// client of every device cut had connected again (0: not all did
 	// before the monitor stopped).
@@ -168,6 +174,7 @@ func (f *Fleet) runStorm(ctx context.Context) {
 	for i, dev := range devs {
 		connects[i] = f.devices[dev].client.Stats().Connects
 	}
+	f.pubs.reset()
 	start := time.Now()
 	monitor := make(chan struct{})
 	go func() {
@@ -233,7 +240,11 @@ func (f *Fleet) watchOnline(ctx context.Context, start time.Time, devs []int, co
 		})
 		if st.DevicesOnline >= n && (low < n || time.Since(start) > f.sc.ReconnectStorm.Within+5*time.Second) {
 			rec := time.Since(start)
-			f.track.update(func() { f.storm.rep.Recovered = rec })
+			np, wait, longest := f.pubs.reset()
+			f.track.update(func() {
+				r := &f.storm.rep
+				r.Recovered, r.Publishes, r.PublishWait, r.PublishMax = rec, np, wait, longest
+			})
 			return
 		}
 		select {
