@@ -27,6 +27,25 @@
 // float16 deltas. Devices whose update arrives after the round deadline
 // are acknowledged as late by the coordinator and not aggregated.
 //
+// Over the broker every device is a live MQTT session, and the fleet does
+// for its agents what cmd/edgeagent does for its one: one goroutine
+// watches every client's connection count and tells an agent that
+// reconnected, so that it says hello again (its will announced it offline)
+// and re-publishes what was not acknowledged. A scenario's reconnect_storm
+// uses this: once the coordinator has published the last task of the
+// storm's round, the chosen devices' connections are cut without a
+// DISCONNECT (mqtt.Client.DropConnection), at seeded offsets spread over
+// the storm's wall-time window; the broker sees lost connections and
+// publishes the wills, and the clients reconnect by themselves. Result.Storm
+// reports the storm (how low devices_online fell, when every client was
+// connected again and when the coordinator counted the whole fleet online
+// again, the inbox's peak); Result.Health is the coordinator's health once
+// its inbox drained after the last round. Which devices drop and when is
+// fixed by the seed; how the reconnections interleave with the round is
+// not (paho reconnects on the wall clock): under the virtual clock a round
+// that starts while devices are still offline at the coordinator selects
+// among fewer, so a storm run may not replay byte for byte.
+//
 // Byte counts in metrics.jsonl are protocol bytes: envelopes of tasks,
 // acknowledgements, announcements, manifests and updates, plus the model
 // weights (and, once per device, the module) each device installs and the

@@ -164,3 +164,52 @@ func TestReconnectStorm(t *testing.T) {
 		t.Errorf("the broker dropped messages: queue %d, writes %d, rate limited %d", b.QueueDropped, b.WritesDropped, b.RateLimited)
 	}
 }
+
+// TestReconnectStormVirtual: a storm under the virtual clock (a small
+// fleet, so it runs with -short): the scheduler does not stall on the
+// cut devices, every round commits with every update, the fleet comes
+// back online and the inbox drains.
+func TestReconnectStormVirtual(t *testing.T) {
+	sc := smallScenario(t, `
+name: storm-virtual
+seed: 5
+model: logreg
+transport: broker
+clients: 40
+rounds: 3
+test_samples: 500
+deadline: 1m
+partition: {kind: iid, min_per_client: 20}
+selection: {fraction: 1, min_clients: 40}
+devices: {speed_median: 50, latency: 100ms}
+reconnect_storm: {round: 2, fraction: 0.5, within: 200ms}
+`)
+	res, err := Run(context.Background(), sc, Options{Out: filepath.Join(t.TempDir(), "out"), MNIST: mnistSets(t), Stall: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stalls != 0 {
+		t.Errorf("%d stalls", res.Stalls)
+	}
+	if len(res.Rounds) != 3 {
+		t.Fatalf("%d rounds, want 3", len(res.Rounds))
+	}
+	for i, r := range res.Rounds {
+		if r.Participants != 40 || r.Late != 0 {
+			t.Errorf("round %d: %d participants, %d late; want 40 and 0", i+1, r.Participants, r.Late)
+		}
+	}
+	s := res.Storm
+	if s == nil || s.Dropped != 20 || s.Reconnected != 20 || s.Recovered == 0 {
+		t.Fatalf("storm %+v: want 20 devices cut and reconnected and the fleet back online", s)
+	}
+	t.Logf("storm: %+v", *s)
+	for kind, n := range res.Health.Inbox.Queued {
+		if n != 0 {
+			t.Errorf("%d %s messages still queued", n, kind)
+		}
+	}
+	if !res.Health.OK {
+		t.Errorf("coordinator unhealthy at the end: %q", res.Health.Problems)
+	}
+}
