@@ -352,10 +352,18 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	}
 	f.eval = &evaluator{inner: server.TestSetEvaluator{Models: models, Data: test}}
 	nonceKey := sha256.Sum256([]byte(fmt.Sprintf("fleetsim nonce key %d", sc.Seed)))
+	// Over the broker under the wall clock the coordinator probes the
+	// broker every second, as a deployment would, so that Result.Health
+	// says whether it still hears it (under the virtual clock probes would
+	// be timers the scheduler steps through).
+	var probe time.Duration
+	if sc.Transport == "broker" && f.virtual == nil {
+		probe = time.Second
+	}
 	srv, err := server.New(ctx, server.Config{
 		Fleet: FleetID, Transport: &coordTransport{Transport: f.secureCoord(coordTr), f: f}, Store: st, Clock: f.srvClk,
 		Log: f.opts.Log.Named("coordinator"), Key: coordKey, Models: models, NonceKey: nonceKey[:],
-		Evaluator: f.eval,
+		Evaluator: f.eval, ProbeInterval: probe,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: coordinator: %w", err)

@@ -153,6 +153,9 @@ func TestReconnectStorm(t *testing.T) {
 			t.Errorf("%d %s messages still queued in the coordinator's inbox", n, kind)
 		}
 	}
+	if h.ProbeRTTMs == 0 {
+		t.Errorf("no probe came back through the broker")
+	}
 	if h.Inbox.OldestMs != 0 || !h.OK {
 		t.Errorf("coordinator health at the end: OK %v, oldest %d ms, problems %q", h.OK, h.Inbox.OldestMs, h.Problems)
 	}
