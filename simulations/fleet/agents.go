@@ -17,6 +17,7 @@ import (
 	"github.com/fedge-dev/fedge/edgeagent/data"
 	"github.com/fedge-dev/fedge/edgeagent/runtime"
 	"github.com/fedge-dev/fedge/internal/clock"
+	"github.com/fedge-dev/fedge/internal/transport/mqtt"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 	"github.com/fedge-dev/fedge/simulations/behavior"
 )
@@ -71,7 +72,10 @@ func (f *Fleet) startAgents(ctx context.Context, wg *sync.WaitGroup, net network
 		if err != nil {
 			return err
 		}
-		d.raw = tr
+		d.raw, d.agent = tr, a
+		if c, ok := tr.(*mqtt.Client); ok {
+			d.client = c
+		}
 		f.track.update(func() { d.connected = true })
 		wg.Add(1)
 		go func() {

@@ -27,6 +27,25 @@
 // float16 deltas. Devices whose update arrives after the round deadline
 // are acknowledged as late by the coordinator and not aggregated.
 //
+// Over the broker every device is a live MQTT session, and the fleet does
+// for its agents what cmd/edgeagent does for its one: one goroutine
+// watches every client's connection count and tells an agent that
+// reconnected, so that it says hello again (its will announced it offline)
+// and re-publishes what was not acknowledged. A scenario's reconnect_storm
+// uses this: once the coordinator has published the last task of the
+// storm's round, the chosen devices' connections are cut without a
+// DISCONNECT (mqtt.Client.DropConnection), at seeded offsets spread over
+// the storm's wall-time window; the broker sees lost connections and
+// publishes the wills, and the clients reconnect by themselves. Result.Storm
+// reports the storm (how low devices_online fell, when every client was
+// connected again and when the coordinator counted the whole fleet online
+// again, the inbox's peak); Result.Health is the coordinator's health once
+// its inbox drained after the last round. Which devices drop and when is
+// fixed by the seed; how the reconnections interleave with the round is
+// not (paho reconnects on the wall clock): under the virtual clock a round
+// that starts while devices are still offline at the coordinator selects
+// among fewer, so a storm run may not replay byte for byte.
+//
 // Byte counts in metrics.jsonl are protocol bytes: envelopes of tasks,
 // acknowledgements, announcements, manifests and updates, plus the model
 // weights (and, once per device, the module) each device installs and the
@@ -55,10 +74,13 @@ import (
 	"github.com/fedge-dev/fedge/coordinator/registry"
 	"github.com/fedge-dev/fedge/coordinator/server"
 	"github.com/fedge-dev/fedge/coordinator/store"
+	"github.com/fedge-dev/fedge/edgeagent/agent"
 	"github.com/fedge-dev/fedge/edgeagent/runtime"
+	"github.com/fedge-dev/fedge/internal/broker"
 	"github.com/fedge-dev/fedge/internal/clock"
 	"github.com/fedge-dev/fedge/internal/topics"
 	"github.com/fedge-dev/fedge/internal/transport"
+	"github.com/fedge-dev/fedge/internal/transport/mqtt"
 	"github.com/fedge-dev/fedge/internal/wire"
 	fedgepb "github.com/fedge-dev/fedge/proto/fedge/v1"
 	"github.com/fedge-dev/fedge/simulations/behavior"
@@ -110,6 +132,16 @@ type Result struct {
 	Stalls int
 	// DP is the run's differential privacy at its end (nil without DP).
 	DP *admin.DPDoc
+	// Storm reports the scenario's reconnect storm (nil without one).
+	Storm *StormReport
+	// Health is the coordinator's health at the end, once its inbox had
+	// drained (or DrainWait reached Options.Stall); DrainWait is how long
+	// that took after the last round.
+	Health    server.Health
+	DrainWait time.Duration
+	// Broker is the embedded broker's counters at the end (nil over the
+	// in-memory transport).
+	Broker *broker.Stats
 }
 
 // Fleet is one simulation in progress.
@@ -143,6 +175,9 @@ type Fleet struct {
 	baseline *report.Summary
 	plain    *report.Summary // the plain run beside a secure one
 	secure   *secureSim      // nil unless the scenario is secure
+	runCtx   context.Context // the run's context, for the storm
+	storm    stormState      // guarded by track.mu
+	pubs     pubTimes        // the coordinator's publishes
 	// For warming the agents' shared model cache.
 	st     store.Store
 	models *registry.Models
@@ -157,6 +192,8 @@ type device struct {
 	updateTopic string
 	statusTopic string
 	raw         transport.Transport // the device's own connection
+	client      *mqtt.Client        // raw over the broker, nil over memory
+	agent       *agent.Agent
 	// Guarded by track.mu.
 	connected bool
 	installed uint64
@@ -241,12 +278,14 @@ func Run(ctx context.Context, sc *scenario.Scenario, opts Options) (*Result, err
 		f.start = time.Now()
 	}
 	f.srvClk = &countingClock{Clock: f.clk}
+	f.storm = stormState{round: sc.ReconnectStorm.Round, done: make(chan struct{})}
 	return f.run(ctx)
 }
 
 func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	f.runCtx = ctx
 	wallStart := time.Now()
 	sc := f.sc
 
@@ -313,10 +352,18 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	}
 	f.eval = &evaluator{inner: server.TestSetEvaluator{Models: models, Data: test}}
 	nonceKey := sha256.Sum256([]byte(fmt.Sprintf("fleetsim nonce key %d", sc.Seed)))
+	// Over the broker under the wall clock the coordinator probes the
+	// broker every second, as a deployment would, so that Result.Health
+	// says whether it still hears it (under the virtual clock probes would
+	// be timers the scheduler steps through).
+	var probe time.Duration
+	if sc.Transport == "broker" && f.virtual == nil {
+		probe = time.Second
+	}
 	srv, err := server.New(ctx, server.Config{
 		Fleet: FleetID, Transport: &coordTransport{Transport: f.secureCoord(coordTr), f: f}, Store: st, Clock: f.srvClk,
 		Log: f.opts.Log.Named("coordinator"), Key: coordKey, Models: models, NonceKey: nonceKey[:],
-		Evaluator: f.eval,
+		Evaluator: f.eval, ProbeInterval: probe,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: coordinator: %w", err)
@@ -335,6 +382,7 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	if err := f.startAgents(ctx, &wg, net, host, train, parts, coordKey); err != nil {
 		return nil, err
 	}
+	f.reconnectWatch(ctx, &wg)
 	if err := f.waitOnline(ctx, srvErr); err != nil {
 		return nil, err
 	}
@@ -358,6 +406,8 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	storm := f.stormReport(ctx)
+	health, drainWait := f.drained(ctx)
 	base := f.baseline
 	if f.plain != nil {
 		p := *f.plain
@@ -376,7 +426,11 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	res := &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls}
+	res := &Result{Summary: sum, Rounds: rounds, Plots: plots, Stalls: f.stalls, Storm: storm, Health: health, DrainWait: drainWait}
+	if bn, ok := net.(*brokerNet); ok {
+		st := bn.b.Stats()
+		res.Broker = &st
+	}
 	if req.DPNoiseMultiplier > 0 {
 		st, err := srv.Status(ctx)
 		if err != nil {
@@ -391,6 +445,23 @@ func (f *Fleet) run(ctx context.Context) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// drained waits until the coordinator's inbox is empty (at most
+// Options.Stall) and returns its health then and the time waited.
+func (f *Fleet) drained(ctx context.Context) (server.Health, time.Duration) {
+	start := time.Now()
+	for {
+		h := f.srv.Health()
+		empty := h.Inbox.OldestMs == 0
+		for _, n := range h.Inbox.Queued {
+			empty = empty && n == 0
+		}
+		if empty || time.Since(start) > f.opts.Stall || ctx.Err() != nil {
+			return h, time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // DPSummary is summary.json of a differentially private scenario: the

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/fedge-dev/fedge/edgeagent/agent"
@@ -57,7 +58,35 @@ func (c *coordTransport) Publish(ctx context.Context, topic string, payload []by
 		}
 		f.track.update(func() { f.track.down += int64(len(payload)) })
 	}
-	return c.Transport.Publish(ctx, topic, payload, opts)
+	t0 := time.Now()
+	err := c.Transport.Publish(ctx, topic, payload, opts)
+	f.pubs.note(time.Since(t0))
+	return err
+}
+
+// pubTimes sums the time the coordinator spends in its transport's
+// Publish (a QoS 1 publish over MQTT waits for the broker's PUBACK).
+type pubTimes struct {
+	mu         sync.Mutex
+	n          int
+	total, max time.Duration
+}
+
+func (p *pubTimes) note(d time.Duration) {
+	p.mu.Lock()
+	p.n++
+	p.total += d
+	p.max = max(p.max, d)
+	p.mu.Unlock()
+}
+
+// reset returns the counts so far and starts again.
+func (p *pubTimes) reset() (n int, total, longest time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n, total, longest = p.n, p.total, p.max
+	p.n, p.total, p.max = 0, 0, 0
+	return n, total, longest
 }
 
 // taskPublished records a task for dev and reports whether it reaches the
@@ -77,7 +106,9 @@ func (f *Fleet) taskPublished(dev int, payload []byte) bool {
 	if drop, _ := f.profile.DropsOut(dev, round); drop {
 		reachable = false
 	}
+	storm := false
 	f.track.update(func() {
+		storm = f.stormTask(t.RoundId)
 		if !reachable {
 			f.track.dropped[t.RoundId]++
 			return
@@ -86,6 +117,9 @@ func (f *Fleet) taskPublished(dev int, payload []byte) bool {
 		f.track.taskAt[devRound{dev, t.RoundId}] = now.UnixNano()
 		f.taskInfo[devRound{dev, t.RoundId}] = taskInfo{epochs: int(t.GetTrain().GetEpochs()), maxSamples: int(t.GetTrain().GetMaxSamples()), bytes: len(payload)}
 	})
+	if storm {
+		go f.runStorm(f.runCtx)
+	}
 	return reachable
 }
 

@@ -54,6 +54,9 @@ type Scenario struct {
 	Secure         Secure        `yaml:"secure"`
 	Devices        Devices       `yaml:"devices"`
 	Attackers      Attackers     `yaml:"attackers"`
+	// ReconnectStorm makes devices lose their broker connection in the
+	// middle of a round (transport broker only).
+	ReconnectStorm ReconnectStorm `yaml:"reconnect_storm"`
 }
 
 // Partition says how the training set is split among clients.
@@ -131,6 +134,24 @@ type Attackers struct {
 	Fraction float64 `yaml:"fraction"`
 	Kind     string  `yaml:"kind"` // label_flip | sign_flip | scale | noise
 	Scale    float64 `yaml:"scale"`
+}
+
+// ReconnectStorm is a network outage of part of the fleet: in the middle
+// of one round (once the coordinator has published that round's last
+// task) each chosen device's connection to the broker is cut without a
+// DISCONNECT, as a lost link would be, so the broker publishes the
+// device's will; the device's MQTT client reconnects by itself and its
+// agent says hello again and re-publishes what was not acknowledged. The
+// devices and the moment each one drops are drawn from the seed.
+type ReconnectStorm struct {
+	// Round is the round (1 = the first) the storm hits; 0: no storm.
+	Round int `yaml:"round"`
+	// Fraction is the share of the devices that drop, in (0, 1].
+	Fraction float64 `yaml:"fraction"`
+	// Within spreads the drops over this much wall time (0: all at once,
+	// at most 10m). Wall time under either clock: the MQTT clients
+	// reconnect on the wall clock.
+	Within time.Duration `yaml:"within"`
 }
 
 // Load reads and validates a scenario file.
@@ -313,6 +334,20 @@ func (s *Scenario) Validate() error {
 	if s.Attackers.Fraction > 0 {
 		oneOf(bad, "attackers.kind", s.Attackers.Kind, attacks)
 		positive(bad, "attackers.scale", s.Attackers.Scale)
+	}
+	if st := s.ReconnectStorm; st.Round != 0 || st.Fraction != 0 || st.Within != 0 {
+		if st.Round < 1 || st.Round > s.Rounds {
+			bad("reconnect_storm.round", "%d: want 1 to rounds (%d)", st.Round, s.Rounds)
+		}
+		if !(st.Fraction > 0 && st.Fraction <= 1) {
+			bad("reconnect_storm.fraction", "%v: want (0, 1]", st.Fraction)
+		}
+		if st.Within < 0 || st.Within > 10*time.Minute {
+			bad("reconnect_storm.within", "%v: want 0 to 10m", st.Within)
+		}
+		if s.Transport != "broker" {
+			bad("reconnect_storm", "needs transport broker (devices of the in-memory transport have no connection to lose)")
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -51,6 +51,16 @@ func TestDefaultsAndDurations(t *testing.T) {
 	}
 }
 
+func TestReconnectStorm(t *testing.T) {
+	s, err := Parse([]byte("name: x\ntransport: broker\nrounds: 3\nreconnect_storm: {round: 2, fraction: 0.5, within: 1s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (ReconnectStorm{Round: 2, Fraction: 0.5, Within: time.Second}); s.ReconnectStorm != want {
+		t.Fatalf("reconnect_storm %+v, want %+v", s.ReconnectStorm, want)
+	}
+}
+
 func TestBadScenarios(t *testing.T) {
 	cases := map[string]struct{ yaml, field string }{
 		"unknown key":        {"name: x\nclientz: 3\n", "clientz"},
@@ -70,6 +80,11 @@ func TestBadScenarios(t *testing.T) {
 		"bad duration":       {"name: x\ndeadline: soon\n", "invalid scenario"},
 		"dropout over one":   {"name: x\ndevices: {dropout: 2}\n", "devices.dropout"},
 		"dp without clip":    {"name: x\nstrategy: {name: fedavg, dp_noise_multiplier: 1}\n", "strategy.dp_clip"},
+		"storm on memory":    {"name: x\nreconnect_storm: {round: 1, fraction: 1}\n", "needs transport broker"},
+		"storm past the end": {"name: x\ntransport: broker\nrounds: 2\nreconnect_storm: {round: 3, fraction: 1}\n", "reconnect_storm.round"},
+		"storm no round":     {"name: x\ntransport: broker\nreconnect_storm: {fraction: 1}\n", "reconnect_storm.round"},
+		"storm no fraction":  {"name: x\ntransport: broker\nreconnect_storm: {round: 1}\n", "reconnect_storm.fraction"},
+		"storm too long":     {"name: x\ntransport: broker\nreconnect_storm: {round: 1, fraction: 1, within: 1h}\n", "reconnect_storm.within"},
 	}
 	for name, c := range cases {
 		_, err := Parse([]byte(c.yaml))
