@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // TestSecureRoundProcesses runs `round start --secure` with a coordinator

@@ -17,7 +17,8 @@ const module = "github.com/fedge-dev/fedge"
 
 // mayImport says which layers (by top-level directory) a layer's packages
 // may import directly. Within a layer everything is allowed but what the
-// rules below forbid; cmd is imported by nobody.
+// rules below forbid; cmd and scripts (benchmark mains) are imported by
+// nobody.
 var mayImport = map[string][]string{
 	"proto":       {"proto"},
 	"internal":    {"internal", "proto"},
@@ -27,6 +28,7 @@ var mayImport = map[string][]string{
 	"coordinator": {"coordinator", "internal", "proto", "aggregation", "wasm-models"},
 	"simulations": {"simulations", "edgeagent", "coordinator", "internal", "proto", "aggregation", "wasm-models"},
 	"cmd":         {"edgeagent", "coordinator", "simulations", "internal", "proto", "aggregation", "wasm-models"},
+	"scripts":     {"edgeagent", "coordinator", "simulations", "internal", "proto", "aggregation", "wasm-models"},
 }
 
 // rule forbids packages matching From (a path in the module, "x/..." for a
