@@ -238,7 +238,12 @@ func Dial(t testing.TB, b MQTTBroker, id topics.Identity, clientID string, mod f
 
 // MQTTHarness is the conformance harness of MQTT clients on broker b.
 func MQTTHarness(b MQTTBroker, fleet string, maxPayload int) Harness {
+	var held func(string) int
+	if e, ok := b.(*Embedded); ok {
+		held = func(id string) int { return e.Broker().Queued(id) }
+	}
 	return Harness{
+		Held:  held,
 		Fleet: fleet,
 		Connect: func(t *testing.T, spec ClientSpec) transport.Transport {
 			cfg := b.ClientConfig(spec.Identity)
