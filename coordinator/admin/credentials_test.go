@@ -243,3 +243,35 @@ func TestTLSRefusesPlainHTTP(t *testing.T) {
 		t.Fatalf("HTTPS: %v", err)
 	}
 }
+
+// FuzzCredentialsFile: whatever the admins file holds, opening it and
+// looking tokens up never panics, a file that loads lists only valid
+// names and roles, and a broken file accepts no credential.
+func FuzzCredentialsFile(f *testing.F) {
+	f.Add([]byte(`{"credentials":[{"name":"alice","role":"viewer","token_sha256":"` + strings.Repeat("ab", 32) + `"}]}`))
+	f.Add([]byte(`{"credentials":[{"name":"","role":"root","token_sha256":"zz"}]}`))
+	f.Add([]byte(`{"credentials":null,"extra":1}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		path := filepath.Join(t.TempDir(), CredentialsFile)
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := OpenCredentials(path)
+		if err != nil {
+			return
+		}
+		infos, lerr := c.List()
+		if _, ok := c.Lookup("fedge_adm_" + strings.Repeat("0", 64)); ok && lerr != nil {
+			t.Fatal("a credential accepted from a file that does not load")
+		}
+		for _, in := range infos {
+			if validName(in.Name) != nil {
+				t.Fatalf("listed invalid name %q", in.Name)
+			}
+			if _, err := ParseRole(in.Role); err != nil {
+				t.Fatalf("listed invalid role %q", in.Role)
+			}
+		}
+	})
+}
