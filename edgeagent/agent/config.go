@@ -25,6 +25,7 @@ var ErrConfig = errors.New("invalid agent config")
 // Config is the agent's configuration file (agent.yaml). Flags of
 // cmd/edgeagent override single fields.
 type Config struct {
+	// Fleet defaults to DefaultFleet, the coordinator's default.
 	Fleet    string `yaml:"fleet"`
 	DeviceID string `yaml:"device_id"`
 	Broker   Broker `yaml:"broker"`
@@ -107,8 +108,15 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 	return c, nil
 }
 
+// DefaultFleet is the fleet of an agent configured without one: the
+// fleet `coordinator serve` runs when not given --fleet.
+const DefaultFleet = "default"
+
 // SetDefaults fills empty optional fields.
 func (c *Config) SetDefaults() {
+	if c.Fleet == "" {
+		c.Fleet = DefaultFleet
+	}
 	if c.PredictListen == "" {
 		c.PredictListen = DefaultPredictListen
 	}

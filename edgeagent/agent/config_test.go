@@ -84,6 +84,13 @@ func TestConfig(t *testing.T) {
 	if minimal.PredictListen != DefaultPredictListen || minimal.Log.Format != "json" || minimal.Limits.MaxMemoryPages != 4096 {
 		t.Fatalf("defaults %+v", minimal)
 	}
+	noFleet, err := DecodeConfig(strings.NewReader("device_id: d\nbroker: {url: 'ssl://h:8883'}\ncoordinator_key: " +
+		forms["base64"] + "\ndata: csv:/x.csv?classes=3\nstorage_dir: /s\n"))
+	must(t, err)
+	must(t, noFleet.Validate())
+	if noFleet.Fleet != DefaultFleet {
+		t.Fatalf("fleet %q without a fleet key, want the coordinator's default %q", noFleet.Fleet, DefaultFleet)
+	}
 
 	cases := map[string]struct{ from, to, want string }{
 		"unknown key":         {"fleet: demo", "fleet: demo\nflet: x", "field flet not found"},
