@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/fedge-dev/fedge/internal/atomicfile"
 	"github.com/fedge-dev/fedge/internal/broker"
 	"github.com/fedge-dev/fedge/internal/broker/mosquitto"
 	"github.com/fedge-dev/fedge/internal/tlsutil"
@@ -123,7 +124,7 @@ func brokerConfigCmd(args []string, stdout, stderr io.Writer) error {
 	for _, f := range []struct {
 		path, data string
 	}{{o.PasswordFile, pw.String()}, {o.ACLFile, acl}, {filepath.Join(outDir, "mosquitto.conf"), conf}} {
-		if err := mosquitto.WriteFileAtomic(f.path, []byte(f.data), 0o640); err != nil {
+		if err := atomicfile.Write(f.path, []byte(f.data), 0o640); err != nil {
 			return err
 		}
 	}
@@ -224,7 +225,7 @@ func loadOrCreateBrokerPassword(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := mosquitto.WriteFileAtomic(path, []byte(pw+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(pw+"\n"), 0o600); err != nil {
 		return "", err
 	}
 	return pw, nil

@@ -9,11 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/fedge-dev/fedge/internal/atomicfile"
 )
 
 // Role is what an admin credential may do. Each role includes the ones
@@ -284,27 +285,7 @@ func (c *Credentials) writeLocked(recs []CredentialInfo) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".admins-*.json")
-	if err != nil {
-		return fmt.Errorf("admin credentials: %w", err)
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	if err := tmp.Chmod(0o600); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(append(raw, '\n')); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), c.path); err != nil {
+	if err := atomicfile.Write(c.path, append(raw, '\n'), 0o600); err != nil {
 		return fmt.Errorf("admin credentials: %w", err)
 	}
 	return c.reloadLocked(true)

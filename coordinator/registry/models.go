@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/fedge-dev/fedge/edgeagent/runtime"
+	"github.com/fedge-dev/fedge/internal/atomicfile"
 	"github.com/fedge-dev/fedge/internal/topics"
 	wasmmodels "github.com/fedge-dev/fedge/wasm-models"
 )
@@ -179,7 +180,7 @@ func (m *Models) Add(ctx context.Context, name string, wasm []byte) (*Module, er
 	if err != nil {
 		return nil, fmt.Errorf("add: %w", err)
 	}
-	if err := WriteFileAtomic(m.path(name), wasm, 0o644); err != nil {
+	if err := atomicfile.Write(m.path(name), wasm, 0o644); err != nil {
 		return nil, fmt.Errorf("add model %q: %w", name, err)
 	}
 	m.mu.Lock()

@@ -12,7 +12,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/fedge-dev/fedge/coordinator/registry"
+	"github.com/fedge-dev/fedge/internal/atomicfile"
 )
 
 // Files of a coordinator data directory.
@@ -46,7 +46,7 @@ func LoadOrCreateKey(path string) (key ed25519.PrivateKey, created bool, err err
 		return nil, false, fmt.Errorf("generate key: %w", err)
 	}
 	out := pem.EncodeToMemory(&pem.Block{Type: keyPEMType, Bytes: key.Seed()})
-	if err := registry.WriteFileAtomic(path, out, 0o600); err != nil {
+	if err := atomicfile.Write(path, out, 0o600); err != nil {
 		return nil, false, err
 	}
 	return key, true, nil
@@ -85,7 +85,7 @@ func LoadOrCreateSecret(path string, n int) (string, error) {
 		return "", fmt.Errorf("generate secret: %w", err)
 	}
 	s := base64.RawURLEncoding.EncodeToString(b)
-	if err := registry.WriteFileAtomic(path, []byte(s+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(s+"\n"), 0o600); err != nil {
 		return "", err
 	}
 	return s, nil

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 
+	"github.com/fedge-dev/fedge/internal/atomicfile"
 	"github.com/fedge-dev/fedge/internal/topics"
 )
 
@@ -90,30 +90,5 @@ func (a *Accounts) Save() error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(a.path, append(raw, '\n'), 0o600)
-}
-
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory, so a reader (or a broker reloading) never sees half a file.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write(a.path, append(raw, '\n'), 0o600)
 }
