@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -397,14 +398,14 @@ func (h *hostile) attack(ctx context.Context, f *testFleet) {
 		floods = append(floods, struct {
 			kind, topic string
 			raw         []byte
-		}{"blob-request", out(topics.KindBlob) + "/" + id + "/req",
-			h.seal(fedgepb.PayloadType_PAYLOAD_TYPE_BLOB_REQUEST, &fedgepb.BlobRequest{BlobId: mustHex(id), Indices: idx})})
+		}{"blob-request", out(topics.KindBlob) + "/" + hex.EncodeToString(id) + "/req",
+			h.seal(fedgepb.PayloadType_PAYLOAD_TYPE_BLOB_REQUEST, &fedgepb.BlobRequest{BlobId: id, Indices: idx})})
 	} else {
 		h.t.Errorf("the attacker found no model manifest")
 	}
 	var wg sync.WaitGroup
 	for _, fl := range floods {
-		for w := range 4 {
+		for range 4 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -415,7 +416,6 @@ func (h *hostile) attack(ctx context.Context, f *testFleet) {
 					h.publish(ctx, fl.kind, fl.topic, fl.raw, false)
 					h.floodSent.Add(1)
 				}
-				_ = w
 			}()
 		}
 	}
@@ -480,36 +480,27 @@ func (h *hostile) attack(ctx context.Context, f *testFleet) {
 
 // currentModelBlob reads the retained manifest: the weights blob's id and
 // chunk count.
-func (h *hostile) currentModelBlob(ctx context.Context) (string, int, bool) {
+func (h *hostile) currentModelBlob(ctx context.Context) ([]byte, int, bool) {
 	sub, err := h.c.Subscribe(ctx, topics.Manifest("itest"))
 	if err != nil {
-		return "", 0, false
+		return nil, 0, false
 	}
 	defer func() { _ = sub.Unsubscribe(context.WithoutCancel(ctx)) }()
 	select {
 	case m := <-sub.C():
 		env, err := wire.Open(m.Payload, wire.Limits{})
 		if err != nil {
-			return "", 0, false
+			return nil, 0, false
 		}
 		man, ok := env.Msg.(*fedgepb.ModelManifest)
 		if !ok {
-			return "", 0, false
+			return nil, 0, false
 		}
 		chunks := (man.WeightsLength + 256<<10 - 1) / (256 << 10)
-		return fmt.Sprintf("%x", man.WeightsHash), int(max(chunks, 1)), true
+		return man.WeightsHash, int(max(chunks, 1)), true
 	case <-time.After(10 * time.Second):
-		return "", 0, false
+		return nil, 0, false
 	}
-}
-
-func mustHex(s string) []byte {
-	b := make([]byte, len(s)/2)
-	for i := range b {
-		v, _ := strconv.ParseUint(s[2*i:2*i+2], 16, 8)
-		b[i] = byte(v)
-	}
-	return b
 }
 
 // get fetches an admin endpoint (healthz needs no token).
